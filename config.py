@@ -1,0 +1,385 @@
+"""One configuration module for every script: read params.json, validate it
+against the schema below, merge command-line overrides, report user errors.
+
+    params = load_params("params.json", overrides={"sea_ice.batch_size": 7})
+    params["sea_ice"]["batch_size"]  -> 7
+
+The schema is plain data: every key has a type, a default (or is required), a
+unit and a one-line doc. `python config.py --markdown` prints the reference
+table that the README carries; `python config.py --check [PATH]` validates a file.
+
+User mistakes raise `UserError` (one line, naming the key/file/value and what
+was expected); scripts wrap `main` in `run_main`, which prints that line on
+stderr and exits with status 2, with no traceback.
+"""
+import argparse
+import copy
+import difflib
+import json
+import os
+import sys
+
+DEFAULT_CONFIG = "params.json"
+REQUIRED = object()  # marker: the key has no default and must be given
+
+
+class UserError(Exception):
+    """A mistake the user can fix (bad flag, bad file, bad key). One line."""
+
+
+def run_main(main, argv=None):
+    """Call `main(argv)`; turn a UserError into one stderr line and exit 2."""
+    try:
+        status = main(argv)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(status or 0)
+
+
+# --------------------------------------------------------------------------- schema
+class Key:
+    """A leaf of the schema: expected type(s), default, allowed values, doc."""
+
+    def __init__(self, types, default=REQUIRED, doc="", unit="", choices=None, items=None,
+                 minimum=None, nullable=False):
+        self.types = types if isinstance(types, tuple) else (types,)
+        self.default, self.doc, self.unit = default, doc, unit
+        self.choices, self.items, self.minimum, self.nullable = choices, items, minimum, nullable
+
+
+class Section(dict):
+    """A nested group of keys with fixed names."""
+
+    def __init__(self, doc="", required=False, **keys):
+        super().__init__(**keys)
+        self.doc, self.required = doc, required
+
+
+class MapOf:
+    """A dict whose keys are free (e.g. source names) and whose values share one Key."""
+
+    def __init__(self, value, default=REQUIRED, doc=""):
+        self.value, self.default, self.doc = value, default, doc
+
+
+NUM = (int, float)
+STR_LIST = Key(list, items=str)
+
+SCHEMA = Section(
+    task=Key(str, "nowcast", "what training.py trains on", choices=("nowcast", "sea_ice")),
+    paths=Section(
+        required=True, doc="where data and outputs live (relative to the working directory)",
+        raw_dataset=Key(str, "data/raw_dataset", "raw nowcasting cases: <case>/<source>/<YYYYmmddHHMM>.npy"),
+        processed_data=Key(str, "data/processed_data", "preproc.py output: stats.json and <split>/<case>.zarr"),
+        sea_ice_data=Key(str, "data", "folder of daily asi-AMSR2-*.nc files (download.py output)"),
+        checkpoints=Key(str, "outputs/checkpoints", "folder holding best.pt and last.pt"),
+        outputs=Key(str, "outputs", "run outputs: logs, eval/, plots/"),
+    ),
+    sea_ice=Section(
+        required=True, doc="sea-ice toolbox (download.py, consolidate_data.py, create_mask.py, sea-ice training)",
+        product=Key(str, "n3125", "Bremen ASI grid", choices=("n3125", "n6250", "s3125", "s6250")),
+        base_url=Key(str, "https://data.seaice.uni-bremen.de/amsr2/asi_daygrid_swath/{product}/netcdf",
+                     "download root; {product} is substituted; files at <base_url>/<YYYY>/<name>"),
+        start_date=Key(int, 20240401, "first day (YYYYMMDD)"),
+        end_date=Key(int, 20240430, "last day, inclusive (YYYYMMDD)"),
+        consolidated_file=Key(str, "data/sea_ice_concentration.nc", "consolidate_data.py output (.nc or .zarr)"),
+        land_mask_file=Key(str, "", "land mask NetCDF (create_mask.py output); empty: none"),
+        batch_size=Key(int, 30, "frames filled per batch (memory grows with it, results do not change)", "days", minimum=1),
+        time_window=Key(int, 3, "Gaussian fill: half-width of the time box", "days", minimum=0),
+        space_window=Key(int, 10, "Gaussian fill: half-width of the space box", "pixels", minimum=0),
+        alpha=Key(NUM, 25.0, "Gaussian fill: weight of time against space (w uses dy^2+dx^2+alpha*dt^2)", minimum=0),
+        sigma=Key(NUM, 5.0, "Gaussian fill: kernel width", "pixels", minimum=1e-6),
+        max_time_gap=Key(int, 5, "longest NaN run filled linearly in time", "days", minimum=0),
+        mask_threshold=Key(NUM, 0.85, "create_mask.py: land where the NaN frequency exceeds this", "fraction"),
+        input_length=Key(int, 5, "sea-ice task: input days", "days", minimum=1),
+        pred_length=Key(int, 3, "sea-ice task: predicted days", "days", minimum=1),
+        input_gap=Key(int, 1, "sea-ice task: days between input frames", "days", minimum=1),
+        pred_gap=Key(int, 1, "sea-ice task: days between predicted frames", "days", minimum=1),
+        pred_shift=Key(int, 1, "sea-ice task: first target this many days after the last input", "days", minimum=1),
+        samples_gap=Key(int, 1, "sea-ice task: days between sample starts", "days", minimum=1),
+        roi=Key(list, None, "sea-ice task: [ymin, ymax, xmin, xmax] crop in pixels; null: full frame",
+                items=int, nullable=True),
+    ),
+    data=Section(
+        required=True, doc="nowcasting data (preproc.py, dataset.py)",
+        inputs=MapOf(STR_LIST, {"radar": ["rain_rate"], "nwp": ["t2m", "tcwv", "cape"]},
+                     "source -> channel names, in the order of the file's channels"),
+        target=Section(
+            "what the model predicts",
+            source=Key(str, "radar", "source folder of the target"),
+            channel=Key(str, "rain_rate", "channel of that source"),
+        ),
+        time_step_minutes=Key(int, 5, "step of the common time axis", "min", minimum=1),
+        max_gap_steps=Key(int, 3, "longest NaN run filled linearly in time", "steps", minimum=0),
+        split=Section(
+            "train/val/test split of cases: ratios with a seed, or explicit lists of case ids",
+            train=Key((NUM, list), 0.7, "fraction of cases, or a list of case ids"),
+            val=Key((NUM, list), 0.15, "fraction of cases, or a list of case ids"),
+            test=Key((NUM, list), 0.15, "fraction of cases, or a list of case ids"),
+            seed=Key(int, 42, "shuffle seed for ratio splits"),
+        ),
+        transform=MapOf(Key(str, choices=("log1p", "none")), {"rain_rate": "log1p"},
+                        "channel -> transform applied before min/max normalisation"),
+        input_steps=Key(int, 6, "input frames per sample", "steps", minimum=1),
+        lead_steps=Key(int, 24, "first target is this many steps after the last input", "steps", minimum=1),
+        output_steps=Key(int, 1, "target frames per sample", "steps", minimum=1),
+        patch_size=Key(int, 128, "square crop side", "pixels", minimum=8),
+        rain_threshold=Key(NUM, 0.5, "a patch 'has rain' when its target exceeds this somewhere", "mm/h"),
+        rain_patch_prob=Key(NUM, 0.8, "probability that a training crop is drawn among rainy patches", "fraction"),
+        crop_tries=Key(int, 10, "random crops tried to find a rainy patch", minimum=1),
+    ),
+    model=Section(
+        required=True, doc="the network; `name` picks one, its options are in the section of that name",
+        name=Key(str, REQUIRED, "model registry name", choices=("convlstm_unet", "encoder_forecaster")),
+        convlstm_unet=Section(
+            "ConvLSTM U-Net (seed 000)",
+            base_channels=Key(int, 16, "hidden channels at the finest scale (doubled per level)", minimum=1),
+            depth=Key(int, 3, "number of scales", minimum=1),
+            kernel_size=Key(int, 3, "ConvLSTM kernel size", minimum=1),
+            peephole=Key(bool, True, "peephole terms W_c o C in the cells"),
+        ),
+        encoder_forecaster=Section(
+            "encoder-forecaster of Shi et al. (2015)",
+            hidden_channels=Key(list, [32, 32], "hidden channels per stacked layer", items=int),
+            kernel_size=Key(int, 3, "ConvLSTM kernel size", minimum=1),
+            peephole=Key(bool, True, "peephole terms W_c o C in the cells"),
+        ),
+    ),
+    training=Section(
+        required=True, doc="training.py",
+        epochs=Key(int, 20, "epochs", minimum=1),
+        batch_size=Key(int, 8, "samples per step", minimum=1),
+        lr=Key(NUM, 1e-3, "AdamW learning rate", minimum=0),
+        weight_decay=Key(NUM, 1e-2, "AdamW weight decay", minimum=0),
+        num_workers=Key(int, 2, "DataLoader worker processes", minimum=0),
+        steps_per_epoch=Key(int, 200, "training steps per epoch", minimum=1),
+        val_steps=Key(int, 50, "validation batches per epoch", minimum=1),
+        seed=Key(int, 0, "seed of all random number generators"),
+        device=Key(str, "auto", "auto: CUDA when present, else CPU", choices=("auto", "cpu", "cuda")),
+        compile=Key(bool, False, "torch.compile the model"),
+        amp=Key(bool, True, "bf16 autocast on CUDA (ignored on CPU)"),
+        lr_patience=Key(int, 2, "ReduceLROnPlateau patience", "epochs", minimum=0),
+        lr_factor=Key(NUM, 0.5, "ReduceLROnPlateau factor", minimum=0),
+        loss=Section(
+            "loss on the target (pixels outside coverage, and land, carry no weight)",
+            name=Key(str, "weighted_mse", "loss function", choices=("weighted_mse", "mse", "mae")),
+            thresholds=Key(list, [2.0, 5.0, 10.0, 30.0], "weighted_mse: rain-rate thresholds", "mm/h", items=NUM),
+            weights=Key(list, [1.0, 2.0, 5.0, 10.0, 30.0],
+                        "weighted_mse: weight below the first threshold, then above each", items=NUM),
+        ),
+    ),
+    evaluation=Section(
+        required=True, doc="evaluate.py and the final test of training.py",
+        thresholds=Key(list, [0.5, 1.0, 2.0, 5.0, 10.0], "categorical score thresholds", "mm/h", items=NUM),
+        fss_windows=Key(list, [1, 5, 9], "FSS window sizes", "pixels", items=int),
+        methods=Key(list, ["model", "persistence", "extrapolation"], "methods compared", items=str),
+    ),
+)
+
+
+# --------------------------------------------------------------------------- validation
+def _type_name(types):
+    names = {int: "int", float: "float", str: "string", bool: "bool", list: "list", dict: "object"}
+    flat = []
+    for t in types:
+        flat.extend(t if isinstance(t, tuple) else (t,))
+    return " or ".join(dict.fromkeys(names.get(t, t.__name__) for t in flat))
+
+
+def _is_instance(value, types):
+    flat = []
+    for t in types:
+        flat.extend(t if isinstance(t, tuple) else (t,))
+    if isinstance(value, bool):  # bool is an int in Python; never accept it as a number
+        return bool in flat
+    return isinstance(value, tuple(flat))
+
+
+def _check_leaf(path, key, value):
+    if value is None and key.nullable:
+        return value
+    if not _is_instance(value, key.types):
+        raise UserError(f"{path}: expected {_type_name(key.types)}, got {type(value).__name__} {value!r}")
+    if key.choices is not None and value not in key.choices:
+        raise UserError(f"{path}: expected one of {', '.join(map(str, key.choices))}, got {value!r}")
+    if key.minimum is not None and not isinstance(value, list) and value < key.minimum:
+        raise UserError(f"{path}: expected a value >= {key.minimum}, got {value!r}")
+    if isinstance(value, list) and key.items is not None:
+        item_types = key.items if isinstance(key.items, tuple) else (key.items,)
+        for i, item in enumerate(value):
+            if not _is_instance(item, item_types):
+                raise UserError(f"{path}[{i}]: expected {_type_name(item_types)}, got "
+                                f"{type(item).__name__} {item!r}")
+    return value
+
+
+def _validate(node, schema, path):
+    """Return a validated copy of `node` with defaults filled in."""
+    prefix = f"{path}." if path else ""
+    if not isinstance(node, dict):
+        raise UserError(f"{path or 'top level'}: expected an object, got {type(node).__name__} {node!r}")
+    for name in node:
+        if name not in schema:
+            close = difflib.get_close_matches(name, list(schema), n=1, cutoff=0.6)
+            hint = f"; did you mean {prefix}{close[0]}?" if close else \
+                f"; valid keys: {', '.join(schema)}"
+            raise UserError(f"{prefix}{name}: unknown key{hint}")
+    out = {}
+    for name, spec in schema.items():
+        key_path = prefix + name
+        if isinstance(spec, Section):
+            if spec.required and name not in node:
+                raise UserError(f"{key_path}: required section missing")
+            out[name] = _validate(node.get(name, {}), spec, key_path)
+        elif isinstance(spec, MapOf):
+            if name not in node:
+                if spec.default is REQUIRED:
+                    raise UserError(f"{key_path}: required key missing")
+                out[name] = copy.deepcopy(spec.default)
+                continue
+            value = node[name]
+            if not isinstance(value, dict):
+                raise UserError(f"{key_path}: expected object, got {type(value).__name__} {value!r}")
+            out[name] = {k: _check_leaf(f"{key_path}.{k}", spec.value, v) for k, v in value.items()}
+        elif name in node:
+            out[name] = _check_leaf(key_path, spec, node[name])
+        elif spec.default is REQUIRED:
+            raise UserError(f"{key_path}: required key missing")
+        else:
+            out[name] = copy.deepcopy(spec.default)
+    return out
+
+
+def _check_consistency(params):
+    """Rules that involve several keys."""
+    loss = params["training"]["loss"]
+    if len(loss["weights"]) != len(loss["thresholds"]) + 1:
+        raise UserError(f"training.loss.weights: expected {len(loss['thresholds']) + 1} weights "
+                        f"(one more than training.loss.thresholds), got {len(loss['weights'])}")
+    split = params["data"]["split"]
+    kinds = {isinstance(split[s], list) for s in ("train", "val", "test")}
+    if len(kinds) > 1:
+        raise UserError("data.split: give train, val and test all as ratios or all as lists of case ids")
+    if kinds == {False}:
+        total = split["train"] + split["val"] + split["test"]
+        if abs(total - 1.0) > 1e-6 or min(split["train"], split["val"], split["test"]) < 0:
+            raise UserError(f"data.split: ratios must be >= 0 and sum to 1, got "
+                            f"{split['train']} + {split['val']} + {split['test']} = {total:g}")
+    target = params["data"]["target"]
+    if target["source"] in params["data"]["inputs"] and \
+            target["channel"] not in params["data"]["inputs"][target["source"]]:
+        raise UserError(f"data.target.channel: {target['channel']!r} is not a channel of input source "
+                        f"{target['source']!r} {params['data']['inputs'][target['source']]}")
+    roi = params["sea_ice"]["roi"]
+    if roi is not None and (len(roi) != 4 or roi[0] >= roi[1] or roi[2] >= roi[3]):
+        raise UserError(f"sea_ice.roi: expected [ymin, ymax, xmin, xmax] with min < max, got {roi}")
+
+
+def validate(params):
+    """Validate a params dict; return a copy with every default filled in."""
+    out = _validate(params, SCHEMA, "")
+    _check_consistency(out)
+    return out
+
+
+# --------------------------------------------------------------------------- loading
+def set_dotted(params, dotted, value):
+    """Set params['a']['b'] = value for dotted='a.b' (creating sections as needed)."""
+    node = params
+    *parents, leaf = dotted.split(".")
+    for name in parents:
+        node = node.setdefault(name, {})
+    node[leaf] = value
+
+
+def get_dotted(params, dotted):
+    node = params
+    for name in dotted.split("."):
+        node = node[name]
+    return node
+
+
+def load_params(path=DEFAULT_CONFIG, overrides=None):
+    """Read, merge and validate a configuration.
+
+    path: params.json to read; it must exist and hold the required sections.
+    overrides: {"section.key": value}; None values are ignored (flag not given).
+    Returns the validated dict with every default filled in.
+    """
+    if not os.path.isfile(path):
+        hint = " (run from the repository root or pass --config PATH)" if path == DEFAULT_CONFIG else ""
+        raise UserError(f"{path}: config file not found{hint}")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            raw = json.load(fh)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read ({exc})")
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a JSON object at the top level")
+    try:
+        params = validate(raw)
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from None
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            set_dotted(params, dotted, value)
+    return validate(params)
+
+
+def add_config_arg(parser):
+    """Add the `--config PATH` flag every script shares."""
+    parser.add_argument("--config", default=DEFAULT_CONFIG, metavar="PATH",
+                        help=f"params.json to read (default: ./{DEFAULT_CONFIG}); flags override its values")
+    return parser
+
+
+# --------------------------------------------------------------------------- reference
+def reference_rows(schema=SCHEMA, path=""):
+    """(dotted key, type, default, unit, doc) for every key, for the README."""
+    rows = []
+    for name, spec in schema.items():
+        key_path = f"{path}.{name}" if path else name
+        if isinstance(spec, Section):
+            rows.extend(reference_rows(spec, key_path))
+        elif isinstance(spec, MapOf):
+            rows.append((key_path, f"object of {_type_name(spec.value.types)}",
+                         json.dumps(spec.default), spec.value.unit, spec.doc))
+        else:
+            doc = spec.doc + (f" ({' / '.join(map(str, spec.choices))})" if spec.choices else "")
+            rows.append((key_path, _type_name(spec.types) + (" or null" if spec.nullable else ""),
+                         "required" if spec.default is REQUIRED else json.dumps(spec.default), spec.unit, doc))
+    return rows
+
+
+def markdown_reference():
+    lines = ["| key | type | default | unit | meaning |", "|---|---|---|---|---|"]
+    for key, typ, default, unit, doc in reference_rows():
+        lines.append(f"| `{key}` | {typ} | `{default}` | {unit} | {doc} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Validate params.json or print its reference table.")
+    add_config_arg(parser)
+    parser.add_argument("--markdown", action="store_true", help="print the key reference as a Markdown table")
+    parser.add_argument("--dump", action="store_true", help="print the full configuration with defaults filled in")
+    args = parser.parse_args(argv)
+    if args.markdown:
+        print(markdown_reference())
+        return 0
+    params = load_params(args.config)
+    if args.dump:
+        print(json.dumps(params, indent=2))
+    else:
+        print(f"{args.config}: valid")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
