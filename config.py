@@ -6,7 +6,8 @@ against the schema below, merge command-line overrides, report user errors.
 
 The schema is plain data: every key has a type, a default (or is required), a
 unit and a one-line doc. `python config.py --markdown` prints the reference
-table that the README carries; `python config.py --check [PATH]` validates a file.
+table that the README carries (`--readme README.md` rewrites it there);
+`python config.py [--config PATH]` validates a file.
 
 User mistakes raise `UserError` (one line, naming the key/file/value and what
 was expected); scripts wrap `main` in `run_main`, which prints that line on
@@ -364,14 +365,33 @@ def markdown_reference():
     return "\n".join(lines)
 
 
+def update_readme(path):
+    """Rewrite the reference table between the params markers of README.md."""
+    import re
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    table = f"<!-- params:start -->\n{markdown_reference()}\n<!-- params:end -->"
+    text, count = re.subn(r"<!-- params:start -->.*?<!-- params:end -->", lambda _: table, text, flags=re.S)
+    if count != 1:
+        raise UserError(f"{path}: expected one '<!-- params:start -->' ... '<!-- params:end -->' block")
+    with open(path + ".tmp", "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(path + ".tmp", path)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Validate params.json or print its reference table.")
     add_config_arg(parser)
     parser.add_argument("--markdown", action="store_true", help="print the key reference as a Markdown table")
+    parser.add_argument("--readme", metavar="PATH", help="rewrite the reference table in this README.md")
     parser.add_argument("--dump", action="store_true", help="print the full configuration with defaults filled in")
     args = parser.parse_args(argv)
     if args.markdown:
         print(markdown_reference())
+        return 0
+    if args.readme:
+        update_readme(args.readme)
+        print(f"updated the params.json reference in {args.readme}")
         return 0
     params = load_params(args.config)
     if args.dump:

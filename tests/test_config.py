@@ -1,0 +1,153 @@
+"""config.py: schema validation, clear one-line errors, CLI overrides, params.json in sync."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import config
+from conftest import ROOT
+
+
+def minimal():
+    return {"paths": {}, "sea_ice": {}, "data": {}, "model": {"name": "convlstm_unet"}, "training": {},
+            "evaluation": {}}
+
+
+def error_of(params):
+    with pytest.raises(config.UserError) as info:
+        config.validate(params)
+    return str(info.value)
+
+
+def test_params_json_validates_and_lists_every_key():
+    with open(os.path.join(ROOT, "params.json")) as fh:
+        raw = json.load(fh)
+    # the file spells out every key with its default, so a user sees all of them
+    assert config.validate(raw) == raw
+    assert config.validate(minimal()) == raw
+
+
+def test_unknown_key_names_path_and_suggests_closest():
+    params = minimal()
+    params["data"]["input_stesp"] = 6
+    assert error_of(params) == "data.input_stesp: unknown key; did you mean data.input_steps?"
+    params = minimal()
+    params["training"]["loss"] = {"nme": "mse"}
+    assert error_of(params) == "training.loss.nme: unknown key; did you mean training.loss.name?"
+
+
+def test_unknown_key_without_close_match_lists_valid_keys():
+    params = minimal()
+    params["zzz"] = 1
+    message = error_of(params)
+    assert message.startswith("zzz: unknown key; valid keys: task, paths,")
+
+
+def test_wrong_type_names_key_expected_type_and_value():
+    params = minimal()
+    params["data"]["input_steps"] = "6"
+    assert error_of(params) == "data.input_steps: expected int, got str '6'"
+    params = minimal()
+    params["training"]["compile"] = "yes"
+    assert error_of(params) == "training.compile: expected bool, got str 'yes'"
+
+
+def test_bool_is_not_accepted_as_a_number():
+    params = minimal()
+    params["sea_ice"]["batch_size"] = True
+    assert error_of(params) == "sea_ice.batch_size: expected int, got bool True"
+
+
+def test_float_key_accepts_int_and_list_items_are_checked():
+    params = minimal()
+    params["sea_ice"]["sigma"] = 5
+    assert config.validate(params)["sea_ice"]["sigma"] == 5
+    params["evaluation"]["thresholds"] = [0.5, "1"]
+    assert error_of(params) == "evaluation.thresholds[1]: expected int or float, got str '1'"
+
+
+def test_choices_and_minimum():
+    params = minimal()
+    params["training"]["device"] = "gpu"
+    assert error_of(params) == "training.device: expected one of auto, cpu, cuda, got 'gpu'"
+    params = minimal()
+    params["sea_ice"]["batch_size"] = 0
+    assert error_of(params) == "sea_ice.batch_size: expected a value >= 1, got 0"
+
+
+def test_missing_required_key_and_section_are_named():
+    params = minimal()
+    del params["model"]["name"]
+    assert error_of(params) == "model.name: required key missing"
+    params = minimal()
+    del params["training"]
+    assert error_of(params) == "training: required section missing"
+
+
+def test_free_keyed_maps_validate_their_values():
+    params = minimal()
+    params["data"]["inputs"] = {"radar": ["rain_rate"], "satellite": "ir108"}
+    assert error_of(params) == "data.inputs.satellite: expected list, got str 'ir108'"
+    params["data"]["inputs"] = {"radar": ["rain_rate"], "satellite": ["ir108"]}
+    assert config.validate(params)["data"]["inputs"]["satellite"] == ["ir108"]
+
+
+def test_consistency_rules():
+    params = minimal()
+    params["data"]["split"] = {"train": 0.7, "val": 0.2, "test": 0.2}
+    assert error_of(params).startswith("data.split: ratios must be >= 0 and sum to 1")
+    params = minimal()
+    params["data"]["split"] = {"train": ["a"], "val": 0.5, "test": ["c"]}
+    assert error_of(params).startswith("data.split: give train, val and test all as ratios or all as lists")
+    params = minimal()
+    params["training"]["loss"] = {"thresholds": [1.0], "weights": [1.0]}
+    assert error_of(params).startswith("training.loss.weights: expected 2 weights")
+
+
+def test_overrides_beat_the_file(params_file):
+    raw = minimal()
+    raw["sea_ice"]["batch_size"] = 12
+    path = params_file(raw)
+    assert config.load_params(path)["sea_ice"]["batch_size"] == 12
+    assert config.load_params(path, {"sea_ice.batch_size": 7})["sea_ice"]["batch_size"] == 7
+    # a flag that was not given (None) leaves the file's value
+    assert config.load_params(path, {"sea_ice.batch_size": None})["sea_ice"]["batch_size"] == 12
+    with pytest.raises(config.UserError, match=r"^sea_ice.batch_size: expected int, got str 'x'$"):
+        config.load_params(path, {"sea_ice.batch_size": "x"})
+
+
+def test_file_errors_name_the_file(tmp_path):
+    missing = tmp_path / "nope.json"
+    with pytest.raises(config.UserError, match="nope.json: config file not found"):
+        config.load_params(str(missing))
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"data": {"input_steps": 6,}}')
+    with pytest.raises(config.UserError, match=r"bad.json: not valid JSON \(line 1"):
+        config.load_params(str(bad))
+    typo = tmp_path / "typo.json"
+    raw = minimal()
+    raw["data"]["input_stesp"] = 6
+    typo.write_text(json.dumps(raw))
+    with pytest.raises(config.UserError, match=r"typo.json: data.input_stesp: unknown key; did you mean"):
+        config.load_params(str(typo))
+
+
+def test_user_error_exits_2_with_one_line_and_no_traceback(params_file):
+    raw = minimal()
+    raw["data"]["input_stesp"] = 6
+    path = params_file(raw)
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "config.py"), "--config", path],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr
+    assert lines[0] == f"error: {path}: data.input_stesp: unknown key; did you mean data.input_steps?"
+
+
+def test_readme_documents_every_key():
+    with open(os.path.join(ROOT, "README.md")) as fh:
+        readme = fh.read()
+    missing = [key for key, *_ in config.reference_rows() if f"`{key}`" not in readme]
+    assert not missing, f"README.md lacks these params.json keys: {missing}"
