@@ -211,9 +211,7 @@ def _make_handler(server):
                 return self._status_only(int(fault), method, range_header)
             if path is None:
                 return self._status_only(404, method, range_header)
-            with open(path, "rb") as fh:
-                data = fh.read()
-            size = len(data)
+            size = os.path.getsize(path)
             wanted = None
             if server.honour_range and fault != "norange":
                 wanted = _parse_range(range_header, size)
@@ -223,11 +221,11 @@ def _make_handler(server):
                 status, start, end = 200, 0, size - 1
             else:
                 status, (start, end) = 206, wanted
-            body = data[start:end + 1]
+            length = end + 1 - start
             server._log(method, self.path, range_header, status)
             self.send_response(status)
             self.send_header("Content-Type", "application/x-netcdf")
-            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Length", str(length))
             self.send_header("Accept-Ranges", "bytes" if server.honour_range else "none")
             self.send_header("Last-Modified", self.date_time_string(int(os.path.getmtime(path))))
             if status == 206:
@@ -237,21 +235,25 @@ def _make_handler(server):
             self.end_headers()
             if head:
                 return
+            to_send = length // 2 if fault == "cut" else length
+            piece = server.slow_chunk if fault == "slow" else 1 << 16
             try:
-                if fault == "cut":
-                    self.wfile.write(body[:len(body) // 2])
-                    self.wfile.flush()
-                    self.close_connection = True
-                elif fault == "slow":
-                    for i in range(0, len(body), server.slow_chunk):
-                        self.wfile.write(body[i:i + server.slow_chunk])
-                        self.wfile.flush()
-                        if server._stopping.wait(server.slow_delay):
-                            self.close_connection = True
-                            return
-                else:
-                    self.wfile.write(body)
+                with open(path, "rb") as fh:  # streamed: memory stays small for any file size
+                    fh.seek(start)
+                    while to_send > 0:
+                        chunk = fh.read(min(piece, to_send))
+                        if not chunk:
+                            break
+                        self.wfile.write(chunk)
+                        to_send -= len(chunk)
+                        if fault == "slow":
+                            self.wfile.flush()
+                            if to_send > 0 and server._stopping.wait(server.slow_delay):
+                                break
+                self.wfile.flush()
             except (BrokenPipeError, ConnectionResetError):  # the client gave up (e.g. timed out)
+                pass
+            if fault in ("cut", "slow") or to_send > 0:
                 self.close_connection = True
 
     return Handler

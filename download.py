@@ -1,0 +1,333 @@
+"""Download Bremen ASI AMSR2 daily sea-ice concentration files for a range of days.
+
+    python download.py --start_date 20240401 --end_date 20240430 -o data
+    python download.py --start_date 20230101 --end_date 20230110 --output-dir ./data -f
+
+Each day is fetched from `<base_url>/<YYYY>/asi-AMSR2-<product>-<YYYYMMDD>-v5.4.nc` and saved
+flat as `<out>/asi-AMSR2-<product>-<YYYYMMDD>-v5.4.nc` (layout:
+`../shared/docs/bremen-asi-format.md`). What a careful user can rely on:
+
+* A day whose file is already there and opens as NetCDF with variable `z` is skipped (unless
+  `-f`); a damaged one is fetched again.
+* Bytes go to `<name>.part`. A `.part` left by an interrupted run (or by a connection cut) is
+  resumed with an HTTP Range request; a server that answers 200 instead of 206 is read from
+  the start again. The finished file must have the announced length and open as NetCDF with
+  `z`; only then is it renamed. A truncated file never carries the final name.
+* Connection errors, cuts mid-body, timeouts and HTTP 5xx/408/429 are retried with
+  exponential backoff (backoff, 2*backoff, 4*backoff, ... seconds). HTTP 404 means the day is
+  absent upstream (it happens, e.g. 2013-05-11..13 on the 6.25 km grids): recorded, not
+  retried, not a failure.
+* One summary line at the end: downloaded / already present / absent upstream / failed, with
+  the absent and failed dates. Exit status 0 unless some day failed (then 1); a user error
+  (bad date, bad flag value) exits 2 with one line.
+
+Defaults come from params.json: sea_ice.product, sea_ice.base_url ("{product}" is
+substituted), sea_ice.start_date, sea_ice.end_date, and paths.sea_ice_data for the folder.
+Tests and the demo point --base_url at mirror_server.py, a loopback copy of the archive.
+"""
+import argparse
+import concurrent.futures
+import http.client
+import os
+import re
+import sys
+import threading
+
+import requests
+import urllib3
+from tqdm import tqdm
+
+from config import UserError, add_config_arg, load_params, run_main
+from generate_data import asi_filename, date_range, to_date
+
+PRODUCTS = ("n3125", "n6250", "s3125", "s6250")
+FIRST_DAY = 20120702  # the AMSR2 ASI record starts here
+CHUNK_BYTES = 1 << 16
+RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+MAX_BACKOFF_S = 300.0
+HDF5_MAGIC, CDF_MAGIC = b"\x89HDF\r\n\x1a\n", b"CDF"
+# HDF5 (under netCDF4) is not thread-safe: every netCDF4 call in this process holds this lock.
+NETCDF_LOCK = threading.Lock()
+
+
+class Retry(Exception):
+    """A transient failure of one attempt (cut, timeout, 5xx, bad file): try again."""
+
+
+class Fatal(Exception):
+    """A failure that retrying will not fix (e.g. HTTP 403): give up on this day."""
+
+
+class Stopped(Exception):
+    """The run was interrupted (Ctrl-C): leave the .part for the next run."""
+
+
+# --------------------------------------------------------------------------- checking a file
+def check_asi_file(path):
+    """None when `path` opens as NetCDF with a 2-D variable `z`, else a short reason."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError as exc:
+        return f"cannot read ({exc.strerror})"
+    if not (head.startswith(HDF5_MAGIC) or head.startswith(CDF_MAGIC)):
+        return "not a NetCDF file"
+    import netCDF4
+    with NETCDF_LOCK:
+        try:
+            with netCDF4.Dataset(path) as nc:
+                if "z" not in nc.variables:
+                    return "no variable z"
+                if nc.variables["z"].ndim != 2:
+                    return f"variable z has {nc.variables['z'].ndim} dimensions, expected 2 (y, x)"
+        except (OSError, RuntimeError) as exc:
+            return f"does not open as NetCDF ({exc.args[-1] if exc.args else exc})"
+    return None
+
+
+# --------------------------------------------------------------------------- one HTTP attempt
+_thread_state = threading.local()
+
+
+def _session():
+    """One requests.Session per worker thread (a Session is not thread-safe)."""
+    if not hasattr(_thread_state, "session"):
+        _thread_state.session = requests.Session()
+        _thread_state.session.headers["User-Agent"] = "sea-ice-toolbox download.py"
+    return _thread_state.session
+
+
+def _content_range(header):
+    """(start, total) from 'bytes START-END/TOTAL', or None."""
+    match = re.fullmatch(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*", header or "")
+    if not match:
+        return None
+    return int(match.group(1)), (None if match.group(3) == "*" else int(match.group(3)))
+
+
+def fetch_once(url, part, timeout, stop):
+    """One attempt at `url` into `part`, resuming from the .part's current size.
+
+    Returns "absent" (404) or "complete" (part holds the whole announced body).
+    Raises Retry, Fatal or Stopped. A .part the server cannot resume (416, or a 206 that
+    starts elsewhere) is deleted and the file requested whole, within the same attempt.
+    """
+    result = _get(url, part, timeout, stop)
+    if result == "restart":
+        result = _get(url, part, timeout, stop)  # no .part now: no Range, so no second restart
+    return result
+
+
+def _get(url, part, timeout, stop):
+    offset = os.path.getsize(part) if os.path.exists(part) else 0
+    headers = {"Accept-Encoding": "identity"}  # Content-Length must be the length of the file
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    try:
+        with _session().get(url, headers=headers, stream=True, timeout=timeout) as resp:
+            code = resp.status_code
+            if code == 404:
+                return "absent"
+            if code in RETRY_STATUS or code >= 500:
+                raise Retry(f"HTTP {code}")
+            span = _content_range(resp.headers.get("Content-Range"))
+            if offset and (code == 416 or (code == 206 and (span is None or span[0] != offset))):
+                os.remove(part)  # the .part is as long as the file, or the server resumes elsewhere
+                return "restart"
+            if code == 206 and offset:
+                mode, total = "ab", span[1]
+            elif code == 200:
+                mode, offset = "wb", 0  # no Range support (or no .part): whole body from the start
+                length = resp.headers.get("Content-Length", "")
+                total = int(length) if length.isdigit() else None
+            else:
+                raise Fatal(f"HTTP {code}")
+            written = 0
+            with open(part, mode) as fh:
+                while True:
+                    # read1 hands over whatever has arrived, so bytes received before a cut or a
+                    # timeout reach the .part and the next attempt resumes after them
+                    chunk = resp.raw.read1(CHUNK_BYTES, decode_content=False)
+                    if not chunk:
+                        break
+                    fh.write(chunk)
+                    fh.flush()  # what arrived is on disk, even if the process is killed
+                    written += len(chunk)
+                    if stop.is_set():
+                        raise Stopped()
+    except (urllib3.exceptions.ReadTimeoutError, requests.exceptions.Timeout, TimeoutError):
+        raise Retry(f"timed out after {timeout:g} s") from None
+    except (urllib3.exceptions.HTTPError, requests.exceptions.ChunkedEncodingError,
+            http.client.HTTPException, ConnectionError):
+        raise Retry("connection cut mid-body") from None
+    except requests.exceptions.InvalidURL as exc:
+        raise Fatal(f"invalid URL ({exc})") from None
+    except requests.exceptions.RequestException as exc:
+        reason = str(exc.args[0]) if exc.args else type(exc).__name__
+        if "timed out" in reason.lower():  # a connect/read timeout wrapped as ConnectionError
+            raise Retry(f"timed out after {timeout:g} s") from None
+        errno_text = re.search(r"\[Errno -?\d+\] ([^'\")]+)", reason)  # e.g. "Connection refused"
+        why = errno_text.group(1) if errno_text else type(exc).__name__
+        raise Retry(f"connection error ({why})") from None
+    size = offset + written
+    if total is not None and size != total:
+        raise Retry(f"short body: {size} of {total} bytes")
+    return "complete"
+
+
+# --------------------------------------------------------------------------- one day
+def download_day(day, out_dir, base_url, product, force, retries, timeout, backoff, stop):
+    """Fetch one day. Returns (state, detail): state in downloaded/present/absent/failed."""
+    name = asi_filename(day, product)
+    final = os.path.join(out_dir, name)
+    part = final + ".part"
+    url = f"{base_url}/{day:%Y}/{name}"
+    if os.path.exists(final) and not force:
+        problem = check_asi_file(final)
+        if problem is None:
+            return "present", ""
+        tqdm.write(f"{final}: {problem}; fetching it again", file=sys.stderr)
+    if force and os.path.exists(part):
+        os.remove(part)  # -f: a fresh copy, nothing resumed from an earlier run
+    last = ""
+    for attempt in range(retries + 1):
+        if attempt:
+            delay = min(backoff * 2 ** (attempt - 1), MAX_BACKOFF_S)
+            if stop.wait(delay):
+                return "failed", "interrupted"
+        try:
+            if fetch_once(url, part, timeout, stop) == "absent":
+                if os.path.exists(part):
+                    os.remove(part)
+                return "absent", ""
+        except Retry as exc:
+            last = str(exc)
+            continue
+        except Fatal as exc:
+            return "failed", f"{exc} from {url}"
+        except Stopped:
+            return "failed", "interrupted (the .part is kept and resumed next run)"
+        except OSError as exc:  # the disk, not the network (requests' errors are handled in fetch_once)
+            return "failed", f"cannot write {part} ({exc.strerror or exc})"
+        problem = check_asi_file(part)
+        if problem is None:
+            os.replace(part, final)
+            return "downloaded", ""
+        os.remove(part)  # complete length, but not a usable file: fetch it whole again
+        last = f"downloaded file {problem}"
+    attempts = f"{retries + 1} attempt{'s' if retries else ''}"
+    return "failed", f"{last} ({attempts}) from {url}"
+
+
+# --------------------------------------------------------------------------- command line
+def _date(flag, value, params_key, params_value):
+    """The flag's date, or the params.json one; a UserError names whichever was wrong."""
+    source, value = (flag, value) if value is not None else (f"params {params_key}", params_value)
+    try:
+        return to_date(value)
+    except UserError as exc:
+        raise UserError(f"{source} {exc}") from None
+
+
+def _positive(kind, minimum):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a value >= {minimum}, got {text}")
+        return value
+    return parse
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        description="Download Bremen ASI AMSR2 daily sea-ice concentration NetCDF files "
+                    "(asi_daygrid_swath) for a range of days.",
+        epilog="Defaults marked 'params' come from params.json (sea_ice.* and paths.sea_ice_data).")
+    add_config_arg(parser)
+    parser.add_argument("--start_date", metavar="YYYYMMDD",
+                        help="first day (default: params sea_ice.start_date)")
+    parser.add_argument("--end_date", metavar="YYYYMMDD",
+                        help="last day, inclusive (default: params sea_ice.end_date)")
+    parser.add_argument("-o", "--output-dir", "--output_dir", dest="output_dir", metavar="DIR",
+                        help="folder the files are saved in, flat (default: params paths.sea_ice_data)")
+    parser.add_argument("-f", "--force", action="store_true",
+                        help="download again even when a valid file is already there (default: skip it)")
+    parser.add_argument("--product", choices=PRODUCTS,
+                        help="grid: n3125/n6250 Arctic 3.125/6.25 km, s3125/s6250 Antarctic "
+                             "(default: params sea_ice.product)")
+    parser.add_argument("--base_url", metavar="URL",
+                        help="archive folder holding <YYYY>/<name>; {product} is substituted "
+                             "(default: params sea_ice.base_url, the Bremen netcdf folder)")
+    parser.add_argument("--workers", type=_positive(int, 1), default=4, metavar="N",
+                        help="days downloaded at the same time (default: 4)")
+    parser.add_argument("--retries", type=_positive(int, 0), default=5, metavar="N",
+                        help="extra attempts per day after a transient failure (default: 5)")
+    parser.add_argument("--timeout", type=_positive(float, 0.001), default=60.0, metavar="S",
+                        help="seconds to wait for a connection or for the next bytes (default: 60 s)")
+    parser.add_argument("--backoff", type=_positive(float, 0.0), default=1.0, metavar="S",
+                        help="first retry delay in seconds, doubled after each failed attempt "
+                             "(default: 1.0 s)")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    params = load_params(args.config, overrides={"sea_ice.product": args.product,
+                                                 "sea_ice.base_url": args.base_url,
+                                                 "paths.sea_ice_data": args.output_dir})
+    ice = params["sea_ice"]
+    start = _date("--start_date", args.start_date, "sea_ice.start_date", ice["start_date"])
+    end = _date("--end_date", args.end_date, "sea_ice.end_date", ice["end_date"])
+    days = date_range(start, end)
+    product, out_dir = ice["product"], params["paths"]["sea_ice_data"]
+    base_url = ice["base_url"].replace("{product}", product).rstrip("/")
+    if not re.match(r"^https?://[^/\s]+", base_url):
+        raise UserError(f"--base_url {base_url!r}: expected an http:// or https:// URL")
+    if not out_dir:
+        raise UserError("-o: expected a folder name, got an empty string")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise UserError(f"-o {out_dir}: exists and is not a folder")
+    os.makedirs(out_dir, exist_ok=True)
+    if int(f"{start:%Y%m%d}") < FIRST_DAY:
+        tqdm.write(f"note: the AMSR2 ASI record starts {FIRST_DAY}; earlier days will be absent",
+                   file=sys.stderr)
+
+    stop = threading.Event()
+    results = {}  # day -> (state, detail)
+    bar = tqdm(total=len(days), desc=f"download {product}", unit="day")
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=min(args.workers, len(days)))
+    try:
+        futures = {pool.submit(download_day, day, out_dir, base_url, product, args.force, args.retries,
+                               args.timeout, args.backoff, stop): day for day in days}
+        for future in concurrent.futures.as_completed(futures):
+            day = futures[future]
+            results[day] = state, detail = future.result()
+            if state == "failed":
+                tqdm.write(f"{day:%Y%m%d}: failed: {detail}", file=sys.stderr)
+            bar.update(1)
+            counts = [sum(1 for s, _ in results.values() if s == k) for k in ("downloaded", "failed")]
+            bar.set_postfix(new=counts[0], failed=counts[1], refresh=False)
+    except KeyboardInterrupt:
+        stop.set()  # workers stop at the next chunk; their .part files are resumed next run
+        pool.shutdown(wait=True, cancel_futures=True)
+        bar.close()
+        raise
+    pool.shutdown(wait=True)
+    bar.close()
+
+    def dates_of(state):
+        return [f"{d:%Y%m%d}" for d in sorted(results) if results[d][0] == state]
+
+    absent, failed = dates_of("absent"), dates_of("failed")
+    print(f"download: {len(dates_of('downloaded'))} downloaded, {len(dates_of('present'))} already present, "
+          f"{len(absent)} absent upstream{' (' + ', '.join(absent) + ')' if absent else ''}, "
+          f"{len(failed)} failed{' (' + ', '.join(failed) + ')' if failed else ''} "
+          f"-> {os.path.join(out_dir, '')} ({len(days)} days {start:%Y%m%d}..{end:%Y%m%d}, {product})")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    run_main(main)
