@@ -132,6 +132,8 @@ SCHEMA = Section(
         rain_threshold=Key(NUM, 0.5, "a patch 'has rain' when its target exceeds this somewhere", "mm/h"),
         rain_patch_prob=Key(NUM, 0.8, "probability that a training crop is drawn among rainy patches", "fraction"),
         crop_tries=Key(int, 10, "random crops tried to find a rainy patch", minimum=1),
+        eval_full_frame=Key(bool, False, "val/test samples: false = the centre patch_size crop, true = the full "
+                            "frame (a batch is zero-padded to its largest grid, padding has coverage False)"),
     ),
     model=Section(
         required=True, doc="the network; `name` picks one, its options are in the section of that name",
@@ -142,12 +144,18 @@ SCHEMA = Section(
             depth=Key(int, 3, "number of scales", minimum=1),
             kernel_size=Key(int, 3, "ConvLSTM kernel size", minimum=1),
             peephole=Key(bool, True, "peephole terms W_c o C in the cells"),
+            peephole_size=Key(list, None, "null: peephole weights per channel, shared by all pixels (any frame size); "
+                              "[H, W]: per channel and pixel as in Shi et al. (2015), for input frames of exactly "
+                              "H x W", "pixels", items=int, nullable=True),
         ),
         encoder_forecaster=Section(
             "encoder-forecaster of Shi et al. (2015)",
             hidden_channels=Key(list, [32, 32], "hidden channels per stacked layer", items=int),
             kernel_size=Key(int, 3, "ConvLSTM kernel size", minimum=1),
             peephole=Key(bool, True, "peephole terms W_c o C in the cells"),
+            peephole_size=Key(list, None, "null: peephole weights per channel, shared by all pixels (any frame size); "
+                              "[H, W]: per channel and pixel as in Shi et al. (2015), for input frames of exactly "
+                              "H x W", "pixels", items=int, nullable=True),
         ),
     ),
     training=Section(

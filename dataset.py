@@ -1,0 +1,193 @@
+"""PyTorch dataset and loaders over the per-case Zarr stores of preproc.py (seed 000, `dataset.py`).
+
+    train_loader, val_loader, test_loader = load_datasets(params)
+    for batch in train_loader:       # call train_loader.dataset.set_epoch(epoch) before each epoch
+        x, y, coverage = batch["x"], batch["y"], batch["coverage"]
+
+A sample is a dict:
+    x        (input_steps, C, P, P)   float32  normalised inputs, steps s .. t0, channels as stats.json
+    y        (output_steps, 1, P, P)  float32  normalised target at t0 + lead_steps + k, k < output_steps
+    coverage (output_steps, 1, P, P)  bool     the target has data (losses and scores ignore False)
+    time     (output_steps,)          int64    target times, minutes since 1970-01-01 00:00 UTC
+    case     str                               case id
+Batches (pad_collate) stack these along a new first axis B; `case` becomes a list of str.
+`denormalize_target(y, stats)` (from preproc.py, re-exported here) turns y or a prediction into
+physical units (mm/h); `load_stats(processed_dir)` reads stats.json.
+
+`ZarrPatchDataset(split_dir, params, train=True)`:
+- At init it opens every <split_dir>/*.zarr, reads only `valid (T,)` and `time (T,)` and builds
+  `sample_map (N, 2) int64` = (store index, first input step s) over every window whose input
+  steps s .. t0 = s + input_steps - 1 and target steps t0 + lead_steps + k (k < output_steps) are
+  all valid. Stores are (re)opened lazily in each worker process; num_workers > 0 works.
+- __getitem__ reads only the patch (inputs, target, coverage), never a whole frame.
+- Training crops are random and depend only on (training.seed, epoch, index) through
+  numpy.random.default_rng([seed, epoch, index]): the same for any num_workers; call
+  `set_epoch(e)` each epoch to draw new crops (the loaders do not keep workers alive between
+  epochs, so the new epoch reaches them). With probability data.rain_patch_prob a crop is
+  looked for among rainy ones: up to data.crop_tries random crops are checked against the store's
+  `rain_max` (target max per 8 x 8 block, mm/h) and the first one that holds a block whose
+  maximum exceeds data.rain_threshold (block entirely inside the crop, so the crop surely has
+  rain) is kept; else the last one drawn. No target data is read for this check.
+- val/test (train=False): the centre crop, or the full frame when data.eval_full_frame (or the
+  `full_frame` argument) is true.
+- A grid smaller than patch_size along an axis is read whole and zero-padded at the bottom/right
+  to P; the padding has coverage False.
+"""
+import glob
+import os
+
+import numpy as np
+import torch
+import zarr
+from torch.utils.data import DataLoader, Dataset
+
+from config import UserError
+from preproc import channel_list, denormalize_target, load_stats, normalize_target, sample_starts  # noqa: F401
+
+SPLITS = ("train", "val", "test")
+
+
+class ZarrPatchDataset(Dataset):
+    """Patches of the per-case stores in one split folder (see the module docstring)."""
+
+    def __init__(self, split_dir, params, train=True, full_frame=None, seed=None):
+        data = params["data"]
+        self.split_dir, self.params, self.train = split_dir, params, train
+        self.input_steps, self.lead_steps = data["input_steps"], data["lead_steps"]
+        self.output_steps, self.patch_size = data["output_steps"], data["patch_size"]
+        self.full_frame = (not train and data["eval_full_frame"]) if full_frame is None else bool(full_frame)
+        self.rain_threshold, self.rain_patch_prob = data["rain_threshold"], data["rain_patch_prob"]
+        self.crop_tries = data["crop_tries"]
+        self.seed = params["training"]["seed"] if seed is None else seed
+        self.epoch = 0
+        self.paths = sorted(glob.glob(os.path.join(split_dir, "*.zarr")))
+        if not self.paths:
+            raise UserError(f"{split_dir}: no .zarr stores (run preproc.py; see paths.processed_data)")
+        self.channels = [c for _, c, _ in channel_list(params)]
+        self.cases, self.grids, self.times, self.rain_blocks, rows = [], [], [], [], []
+        for index, path in enumerate(self.paths):
+            root = zarr.open_group(path, mode="r")
+            attrs = root.attrs.asdict()
+            if attrs.get("channels") != self.channels:
+                raise UserError(f"{path}: channels {attrs.get('channels')} differ from data.inputs "
+                                f"{self.channels}; re-run preproc.py")
+            self.cases.append(attrs["case"])
+            self.grids.append(tuple(attrs["grid_shape"]))
+            self.rain_blocks.append(attrs["rain_block"])
+            self.times.append(root["time"][:])
+            starts = sample_starts(root["valid"][:], self.input_steps, self.lead_steps, self.output_steps)
+            rows.append(np.stack([np.full(len(starts), index, dtype=np.int64), starts], axis=1))
+        self.sample_map = np.concatenate(rows)  # (N, 2): store index, first input step
+        if not len(self.sample_map):
+            raise UserError(f"{split_dir}: no valid window of input_steps {self.input_steps} + lead_steps "
+                            f"{self.lead_steps} + output_steps {self.output_steps} in {len(self.paths)} stores")
+        self._arrays, self._pid = {}, None
+
+    def __len__(self):
+        return len(self.sample_map)
+
+    def set_epoch(self, epoch):
+        """Training crops of epoch `epoch` (call before iterating the loader)."""
+        self.epoch = int(epoch)
+
+    def __getstate__(self):  # opened stores do not travel to worker processes
+        state = self.__dict__.copy()
+        state["_arrays"], state["_pid"] = {}, None
+        return state
+
+    def _store(self, index):
+        """The store's arrays, opened once per process."""
+        if self._pid != os.getpid():
+            self._arrays, self._pid = {}, os.getpid()
+        if index not in self._arrays:
+            root = zarr.open_group(self.paths[index], mode="r")
+            self._arrays[index] = {name: root[name] for name in ("inputs", "target", "coverage", "rain_max")}
+        return self._arrays[index]
+
+    def _has_rain(self, rain, block, grid, y0, x0, size_y, size_x):
+        """Whether a block entirely inside the crop exceeds rain_threshold. rain: (K, by, bx) mm/h."""
+        def inside(start, size, n):
+            first = -(-start // block)
+            last = (start + size) // block if start + size < n else -(-n // block)  # a partial edge block counts
+            return first, last
+        (b0, b1), (c0, c1) = inside(y0, size_y, grid[0]), inside(x0, size_x, grid[1])
+        window = rain[:, b0:b1, c0:c1]
+        return window.size > 0 and float(window.max()) > self.rain_threshold
+
+    def crop(self, index):
+        """(y0, x0, size_y, size_x) of sample `index` (see the module docstring)."""
+        store, start = self.sample_map[index]
+        n_y, n_x = self.grids[store]
+        if self.full_frame:
+            return 0, 0, n_y, n_x
+        size_y, size_x = min(self.patch_size, n_y), min(self.patch_size, n_x)
+        if not self.train:
+            return (n_y - size_y) // 2, (n_x - size_x) // 2, size_y, size_x
+        rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+        want_rain = rng.random() < self.rain_patch_prob
+        if want_rain:
+            first_target = start + self.input_steps - 1 + self.lead_steps
+            rain = self._store(store)["rain_max"][first_target:first_target + self.output_steps]
+        for _ in range(self.crop_tries if want_rain else 1):
+            y0, x0 = int(rng.integers(0, n_y - size_y + 1)), int(rng.integers(0, n_x - size_x + 1))
+            if want_rain and self._has_rain(rain, self.rain_blocks[store], (n_y, n_x), y0, x0, size_y, size_x):
+                break
+        return y0, x0, size_y, size_x
+
+    def __getitem__(self, index):
+        store, start = self.sample_map[index]
+        arrays = self._store(store)
+        y0, x0, size_y, size_x = self.crop(index)
+        first_target = start + self.input_steps - 1 + self.lead_steps
+        targets = slice(first_target, first_target + self.output_steps)
+        rows, cols = slice(y0, y0 + size_y), slice(x0, x0 + size_x)
+        x = arrays["inputs"][start:start + self.input_steps, :, rows, cols]
+        y = arrays["target"][targets, rows, cols][:, None]
+        coverage = arrays["coverage"][targets, rows, cols][:, None]
+        if not self.full_frame and (size_y < self.patch_size or size_x < self.patch_size):
+            pad = ((0, 0), (0, 0), (0, self.patch_size - size_y), (0, self.patch_size - size_x))
+            x, y, coverage = np.pad(x, pad), np.pad(y, pad), np.pad(coverage, pad)
+        return {"x": torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
+                "y": torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32)),
+                "coverage": torch.from_numpy(np.ascontiguousarray(coverage, dtype=bool)),
+                "time": torch.from_numpy(self.times[store][targets].copy()),
+                "case": self.cases[store]}
+
+
+def pad_collate(samples):
+    """Stack samples into a batch; frames of different sizes are zero-padded at the bottom/right
+    to the largest (coverage False there). x (B, T_in, C, H, W), y and coverage (B, T_out, 1, H, W),
+    time (B, T_out), case [B]."""
+    n_y = max(s["x"].shape[-2] for s in samples)
+    n_x = max(s["x"].shape[-1] for s in samples)
+    batch = {}
+    for key in ("x", "y", "coverage"):
+        first = samples[0][key]
+        out = first.new_zeros((len(samples),) + tuple(first.shape[:-2]) + (n_y, n_x))
+        for i, s in enumerate(samples):
+            out[i, ..., :s[key].shape[-2], :s[key].shape[-1]] = s[key]
+        batch[key] = out
+    batch["time"] = torch.stack([s["time"] for s in samples])
+    batch["case"] = [s["case"] for s in samples]
+    return batch
+
+
+def load_datasets(params):
+    """(train_loader, val_loader, test_loader) over <paths.processed_data>/{train,val,test}.
+
+    batch_size, num_workers and seed from params["training"]. Train: shuffled with a generator
+    seeded by training.seed (call train_loader.dataset.set_epoch(e) each epoch for new crops).
+    Val: one fixed seeded permutation (the first training.val_steps batches are the same mixed
+    subset every epoch). Test: in store/time order. Every split needs at least one store.
+    """
+    training = params["training"]
+    processed = params["paths"]["processed_data"]
+    datasets = [ZarrPatchDataset(os.path.join(processed, name), params, train=(name == "train")) for name in SPLITS]
+    common = {"batch_size": training["batch_size"], "num_workers": training["num_workers"],
+              "collate_fn": pad_collate, "pin_memory": torch.cuda.is_available()}
+    generator = torch.Generator().manual_seed(training["seed"])
+    train_loader = DataLoader(datasets[0], shuffle=True, generator=generator, **common)
+    val_order = np.random.default_rng(training["seed"]).permutation(len(datasets[1])).tolist()
+    val_loader = DataLoader(datasets[1], sampler=val_order, **common)
+    test_loader = DataLoader(datasets[2], shuffle=False, **common)
+    return train_loader, val_loader, test_loader

@@ -1,0 +1,606 @@
+"""Raw nowcasting cases -> normalised per-event Zarr stores (seed 000, `preproc.py`).
+
+    python preproc.py [--config params.json] [--raw-dataset DIR] [--processed-data DIR] [--skip-bad-cases]
+
+Reads `<raw_dataset>/<case>/<source>/<YYYYmmddHHMM>.npy` (../shared/docs/raw-case-layout.md) for
+every source in `data.inputs` and the target source, and writes
+
+    <processed_data>/stats.json            channel order, per-channel min/max after the transform
+                                           (training cases only), transforms, target stats, split
+    <processed_data>/<split>/<case>.zarr   one Zarr 3 store per case (split = train, val, test):
+        inputs   (T, C, H, W) float32  normalised inputs, channels in data.inputs order (source by source)
+        target   (T, H, W)    float32  normalised target channel
+        coverage (T, H, W)    bool     the target has data there after gap filling
+        valid    (T,)         bool     every source has data at this step; samples use valid steps only
+        time     (T,)         int64    minutes since 1970-01-01 00:00 UTC
+        rain_max (T, ceil(H/8), ceil(W/8)) float32  target max per 8 x 8 block, physical units
+                                       (mm/h), NaN ignored, 0 where no data: dataset.py uses it to
+                                       find rainy crops without reading the target
+    Group attributes: case, split, channels, channel_sources, transform, target, grid_shape,
+    time_step_minutes, max_gap_steps, native_step_minutes, files, steps_filled, steps_invalid,
+    rain_block, normalisation (the min/max used).
+
+The seven steps of the seed:
+1. Discover cases (sub-folders of raw_dataset, sorted) and, in each, the source folders. Every
+   file is checked without reading its data (np.load mmap header): name, dtype, channels, grid.
+2. Common time axis per case: step `data.time_step_minutes`, from the earliest to the latest file
+   of any source; a file lands on the step of its time (a time off that axis is an error). A
+   source's *native step* is the most common difference between its consecutive file times
+   (hourly NWP: 12 steps of 5 minutes; a 10-minute radar: 2 steps).
+3. Gap filling, per pixel and channel, with `interpolation.fill_time_linear` (the same kernel as
+   stage 1 of consolidate_data.py), in physical units, before the transform:
+   - a NaN run of at most `max_gap_steps` steps between two values is filled linearly;
+   - a coarse source is interpolated between its own consecutive times whatever max_gap_steps:
+     its runs are filled up to max(max_gap_steps, native_steps - 1) steps. Files missing beyond
+     the native step (two NWP files 2 h apart) make a gap like any other: filled when the whole
+     run is at most that length (in axis steps), else not;
+   - steps before the first or after the last file of a source stay NaN.
+   `valid[t]` is False when some source has no file at step t and the step is not inside a
+   filled run (before its first file, after its last, or in a too-long gap). Samples never use
+   such a step, neither as input nor as target. Pixels still NaN (outside radar range) are 0 in
+   the stored arrays; `coverage` is False where the *target* is NaN (inputs NaN become 0 too,
+   with no mask: the model sees the channel minimum there).
+4. Split the cases: `data.split` ratios with its seed (cases sorted, shuffled with
+   numpy.random.default_rng(seed); counts by largest remainder; every split with a ratio > 0
+   gets at least one case when there are enough cases), or explicit lists of case ids.
+5. Per-channel min/max after the transform, from the files of the training cases only, read one
+   file at a time (interpolated values lie between file values, so they cannot extend the range).
+6. Normalise: x_norm = (transform(x) - min) / (max - min) (max == min: x_norm = transform(x) - min),
+   NaN -> 0; `log1p` is log1p(max(x, 0)) (negative rain rates count as 0). The inverse,
+   `denormalize_target(y, stats)` (mm/h for rain), is defined here and re-exported by dataset.py.
+   Each case is processed in tiles of all T steps x 128 rows x as many 128-column chunk columns
+   as fit in TILE_BYTES (64 MiB; memory stays a few tiles whatever the grid) and written to
+   <case>.zarr.tmp, renamed when complete; stores of cases no longer in a split are
+   removed. Re-running writes identical stores.
+7. A tqdm bar over cases and a one-line summary (cases per split, steps filled, steps invalid).
+
+Bad input (a source folder missing or empty, a file that does not load or is not numeric, a file
+name that is not a time, a time off the axis, mismatched grids within a case, a channel count that
+does not match data.inputs) raises one line naming the case and file; `--skip-bad-cases` reports
+the case and goes on without it.
+"""
+import argparse
+import collections
+import datetime as dt
+import json
+import os
+import shutil
+
+import numpy as np
+import zarr
+from zarr.codecs import ZstdCodec
+from tqdm import tqdm
+
+from config import SCHEMA, UserError, add_config_arg, get_dotted, load_params, run_main
+from interpolation import fill_time_linear
+
+SPLITS = ("train", "val", "test")
+EPOCH = dt.datetime(1970, 1, 1)
+TIME_UNITS = "minutes since 1970-01-01 00:00:00"
+CHUNK_T = 4      # time steps per chunk (every array): 6 input steps touch 2-3 time chunks
+CHUNK_XY = 128   # rows / columns per chunk: a 128 x 128 patch touches at most 4 chunks per time chunk
+# Chunks are grouped in shards of all time steps x one chunk column (one file per 128 x 128
+# column per array), so a case is a few hundred files, not tens of thousands.
+COMPRESSOR = ZstdCodec(level=1)  # radar fields are mostly 0: ~20x smaller, fast to decode
+RAIN_BLOCK = 8   # side (pixels) of the rain_max blocks
+TILE_BYTES = 64 * 2**20  # a case is processed in tiles of about this size (all steps, channels)
+
+
+# --------------------------------------------------------------------------- normalisation
+# Transforms (data.transform, per channel): "none", or "log1p" = log1p(max(x, 0)), whose inverse is
+# expm1(max(v, 0)) (negative rain rates count as 0; a prediction below 0 comes back as 0 mm/h).
+def transform(x, name):
+    """Apply a channel transform to physical values x (numpy, any shape)."""
+    return np.log1p(np.maximum(x, 0)) if name == "log1p" else x
+
+
+def inverse_transform(v, name):
+    """Inverse of `transform` for numpy arrays and torch tensors (device and autograd kept)."""
+    if name != "log1p":
+        return v
+    if hasattr(v, "clamp"):  # a torch tensor
+        return v.clamp(min=0).expm1()
+    return np.expm1(np.maximum(v, 0))
+
+
+def _scale(lo, hi):
+    return hi - lo if hi > lo else 1.0
+
+
+def normalize_inplace(a, lo, hi, name):
+    """float array a (physical) -> (transform(a) - lo) / (hi - lo), in place; NaN stays NaN.
+
+    lo, hi: the channel's min/max after the transform (stats.json); hi == lo divides by 1.
+    """
+    if name == "log1p":
+        np.maximum(a, 0, out=a)  # NaN stays NaN
+        np.log1p(a, out=a)
+    a -= lo
+    a /= _scale(lo, hi)
+    return a
+
+
+def normalize(x, lo, hi, name):
+    """Physical x (array-like) -> a new normalised float array (see normalize_inplace)."""
+    x = np.asarray(x)
+    return normalize_inplace(x.astype(np.result_type(x.dtype, np.float32)), lo, hi, name)
+
+
+def denormalize(y, lo, hi, name):
+    """Normalised y (numpy array or torch tensor) -> physical units; inverse of `normalize`."""
+    return inverse_transform(y * _scale(lo, hi) + lo, name)
+
+
+def denormalize_target(y, stats):
+    """Normalised target (any shape, numpy or torch) -> physical units (mm/h for rain rate).
+
+    stats: the dict of stats.json (see `load_stats`). log1p targets come back >= 0.
+    """
+    target = stats["target"]
+    return denormalize(y, target["min"], target["max"], target["transform"])
+
+
+def normalize_target(x, stats):
+    """Physical target values (mm/h) -> normalised, as stored in <case>.zarr/target (NaN stays NaN)."""
+    target = stats["target"]
+    return normalize(x, target["min"], target["max"], target["transform"])
+
+
+def load_stats(processed_dir):
+    """Read <processed_dir>/stats.json (written by preproc.py)."""
+    path = os.path.join(processed_dir, "stats.json")
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: not found (run preproc.py first)")
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def sample_starts(valid, input_steps, lead_steps, output_steps):
+    """First input step s of every usable window of a case.
+
+    valid: bool (T,). A window uses inputs s .. t0 = s + input_steps - 1 and targets
+    t0 + lead_steps + k, k < output_steps; all of them must be valid.
+    Returns int64 (N,) ascending.
+    """
+    valid = np.asarray(valid, dtype=bool)
+    last_target = input_steps - 1 + lead_steps + output_steps - 1  # offset of the last target from s
+    n = len(valid) - last_target  # number of candidate starts s = 0 .. n - 1
+    if n <= 0:
+        return np.zeros(0, np.int64)
+    ok = np.ones(n, dtype=bool)
+    for i in range(input_steps):
+        ok &= valid[i:i + n]
+    for k in range(output_steps):
+        first_target = input_steps - 1 + lead_steps + k
+        ok &= valid[first_target:first_target + n]
+    return np.flatnonzero(ok).astype(np.int64)
+
+
+# --------------------------------------------------------------------------- 1-2: discover and place
+def case_sources(params):
+    """{source: channel names} read by preproc: data.inputs, then the target source if separate."""
+    sources = {name: list(channels) for name, channels in params["data"]["inputs"].items()}
+    target = params["data"]["target"]
+    if target["source"] not in sources:
+        sources[target["source"]] = [target["channel"]]
+    return sources
+
+
+def parse_time(case_id, path):
+    """Minutes since 1970-01-01 of a file named YYYYmmddHHMM.npy."""
+    stem = os.path.basename(path)[:-4]
+    try:
+        if len(stem) != 12 or not stem.isdigit():
+            raise ValueError
+        when = dt.datetime.strptime(stem, "%Y%m%d%H%M")
+    except ValueError:
+        raise UserError(f"case {case_id}: {path}: file name is not a time YYYYmmddHHMM.npy") from None
+    return int((when - EPOCH).total_seconds()) // 60
+
+
+def read_header(case_id, path):
+    """Shape of a .npy file, checked to be a numeric array, without reading its data."""
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001 - any failure means the file does not load
+        raise UserError(f"case {case_id}: {path}: cannot load as .npy ({type(exc).__name__}: {exc})") from None
+    if not isinstance(array, np.ndarray):
+        raise UserError(f"case {case_id}: {path}: expected one array in .npy format, got {type(array).__name__}")
+    if array.dtype.kind not in "fiu":
+        raise UserError(f"case {case_id}: {path}: dtype {array.dtype}, expected a float (or integer) array")
+    return array.shape
+
+
+def scan_case(raw_dir, case_id, params):
+    """Check every file of one case and place it on the case's time axis (no data read).
+
+    Returns a plan: {"case", "grid" (H, W), "start" (minutes since 1970), "n_steps" T,
+    "sources": {source: {"channels", "steps" int (F,), "paths" [F], "native_steps", "max_gap",
+    "valid" bool (T,), "steps_filled"}}, "valid" bool (T,)}.
+    """
+    data = params["data"]
+    step = data["time_step_minutes"]
+    grid, grid_file, files = None, None, {}
+    for source, channels in case_sources(params).items():
+        folder = os.path.join(raw_dir, case_id, source)
+        if not os.path.isdir(folder):
+            raise UserError(f"case {case_id}: source folder {folder} missing (data.inputs / data.target "
+                            f"list source {source!r})")
+        names = sorted(n for n in os.listdir(folder) if n.endswith(".npy") and not n.startswith("."))
+        if not names:
+            raise UserError(f"case {case_id}: {folder}: no .npy files")
+        entries = []
+        for name in names:
+            path = os.path.join(folder, name)
+            minute = parse_time(case_id, path)
+            shape = read_header(case_id, path)
+            n = len(channels)
+            if len(shape) == 3 and shape[0] == n:
+                frame = tuple(shape[1:])
+            elif len(shape) == 2 and n == 1:
+                frame = tuple(shape)
+            else:
+                found = f"{shape[0]} channels" if len(shape) == 3 else f"{len(shape)} dimensions"
+                raise UserError(f"case {case_id}: {path}: shape {tuple(shape)} ({found}), expected {n} "
+                                f"channel(s) {channels} of source {source!r} as ({n}, H, W)"
+                                + (" or (H, W)" if n == 1 else ""))
+            if grid is None:
+                grid, grid_file = frame, path
+            elif frame != grid:
+                raise UserError(f"case {case_id}: {path}: grid {frame[0]}x{frame[1]} differs from "
+                                f"{grid[0]}x{grid[1]} of {grid_file}")
+            entries.append((minute, path))
+        files[source] = (channels, entries)
+
+    start = min(entries[0][0] for _, entries in files.values())
+    end = max(entries[-1][0] for _, entries in files.values())
+    n_steps = (end - start) // step + 1
+    plan = {"case": case_id, "grid": grid, "start": start, "n_steps": n_steps, "sources": {}}
+    valid_all = np.ones(n_steps, dtype=bool)
+    for source, (channels, entries) in files.items():
+        minutes = np.array([m for m, _ in entries], dtype=np.int64)
+        off_axis = np.flatnonzero((minutes - start) % step)
+        if off_axis.size:
+            first = entries[off_axis[0]][1]
+            axis_start = EPOCH + dt.timedelta(minutes=int(start))
+            raise UserError(f"case {case_id}: {first}: time is not on the {step}-minute axis starting at "
+                            f"{axis_start:%Y%m%d%H%M} (the case's first file; see data.time_step_minutes)")
+        steps = (minutes - start) // step
+        placed = place_source(steps, n_steps, data["max_gap_steps"])
+        placed.update(channels=channels, paths=[p for _, p in entries])
+        plan["sources"][source] = placed
+        valid_all &= placed["valid"]
+    plan["valid"] = valid_all
+    return plan
+
+
+def place_source(steps, n_steps, max_gap_steps):
+    """Gap rules of one source on the case axis.
+
+    steps: int (F,) ascending axis indices of the source's files.
+    Returns {"steps", "native_steps", "max_gap" (the run length fill_time_linear may fill),
+    "valid" bool (T,), "steps_filled" (missing-file steps filled, a coarse source's steps
+    between its regular times not counted)}.
+    """
+    diffs = np.diff(steps)
+    if diffs.size:
+        counts = collections.Counter(diffs.tolist())
+        native = min(d for d, c in counts.items() if c == max(counts.values()))  # most common, ties: smaller
+    else:
+        native = 1
+    max_gap = max(max_gap_steps, native - 1)
+    valid = np.zeros(n_steps, dtype=bool)
+    valid[steps] = True
+    filled = 0
+    for a, b in zip(steps[:-1], steps[1:]):
+        run = int(b - a - 1)
+        if run == 0:
+            continue
+        if run <= max_gap:
+            valid[a + 1:b] = True
+            filled += run if b - a > native else 0
+    return {"steps": steps, "native_steps": int(native), "max_gap": int(max_gap), "valid": valid,
+            "steps_filled": int(filled)}
+
+
+def read_tile(source_plan, rows, cols, out):
+    """Place one source's files on the axis for one tile, and gap-fill it, in place.
+
+    rows, cols: slices of the grid. out: float32 (n_channels, T, rows, cols), NaN on entry;
+    on return it holds physical values, NaN where no data remains (+-inf count as no data).
+    """
+    for step, path in zip(source_plan["steps"], source_plan["paths"]):
+        frame = np.load(path, mmap_mode="r")
+        out[:, step] = frame[..., rows, cols] if frame.ndim == 3 else frame[None, rows, cols]
+        del frame
+    out[~np.isfinite(out)] = np.nan
+    for channel in out:  # (T, rows, cols), C-contiguous
+        fill_time_linear(channel, source_plan["max_gap"])
+    return out
+
+
+# --------------------------------------------------------------------------- 4: split
+def split_cases(case_ids, split, skipped=()):
+    """{"train": [...], "val": [...], "test": [...]} (sorted ids) from data.split.
+
+    Ratios: ids sorted, permuted with default_rng(seed), counts by largest remainder, every split
+    with a ratio > 0 gets at least one case when possible. Lists: ids must exist (ids of skipped
+    bad cases are dropped) and appear in one list only; cases in no list are not processed.
+    """
+    case_ids = sorted(case_ids)
+    if isinstance(split["train"], list):
+        seen = {}
+        for name in SPLITS:
+            for case in split[name]:
+                if case in seen:
+                    raise UserError(f"data.split: case {case!r} is in both {seen[case]} and {name}")
+                if case not in case_ids and case not in skipped:
+                    raise UserError(f"data.split.{name}: case {case!r} not found among the raw cases")
+                seen[case] = name
+        return {name: sorted(c for c in split[name] if c in case_ids) for name in SPLITS}
+    n = len(case_ids)
+    ratios = np.array([split[name] for name in SPLITS], dtype=np.float64)
+    exact = ratios * n
+    counts = np.floor(exact + 1e-9).astype(int)
+    remainders = exact - counts
+    for i in np.argsort(-remainders, kind="stable")[: max(0, n - counts.sum())]:
+        counts[i] += 1
+    for i in range(3):  # a split asked for (ratio > 0) but empty takes a case from the largest
+        if ratios[i] > 0 and counts[i] == 0:
+            donor = int(np.argmax(counts))
+            if counts[donor] > 1:
+                counts[donor] -= 1
+                counts[i] += 1
+    order = [case_ids[i] for i in np.random.default_rng(split["seed"]).permutation(n)]
+    bounds = np.concatenate([[0], np.cumsum(counts)])
+    return {name: sorted(order[bounds[i]:bounds[i + 1]]) for i, name in enumerate(SPLITS)}
+
+
+# --------------------------------------------------------------------------- 5: statistics
+def channel_list(params):
+    """[(source, channel, transform)] of the inputs, in stored order."""
+    transforms = params["data"]["transform"]
+    return [(source, channel, transforms.get(channel, "none"))
+            for source, channels in params["data"]["inputs"].items() for channel in channels]
+
+
+def compute_stats(plans, split, params, progress=True):
+    """Per-channel min/max after the transform over the files of the training cases.
+
+    plans: {case: plan}; only split["train"] cases are read, one file at a time.
+    Returns the stats.json dict.
+    """
+    sources = case_sources(params)
+    lo = {(s, c): np.inf for s, chans in sources.items() for c in chans}
+    hi = {key: -np.inf for key in lo}
+    files = [(source, path) for case in split["train"]
+             for source, sp in plans[case]["sources"].items() for path in sp["paths"]]
+    for source, path in tqdm(files, desc="stats (train)", unit="file", disable=not progress):
+        frame = np.load(path).astype(np.float32, copy=False)
+        frame = frame[None] if frame.ndim == 2 else frame
+        for channel, values in zip(sources[source], frame):
+            finite = values[np.isfinite(values)]
+            if finite.size:
+                lo[source, channel] = min(lo[source, channel], float(finite.min()))
+                hi[source, channel] = max(hi[source, channel], float(finite.max()))
+    transforms = params["data"]["transform"]
+
+    def after_transform(source, channel):
+        if not np.isfinite(lo[source, channel]):
+            raise UserError(f"stats: channel {channel!r} of source {source!r} has no finite value in the "
+                            f"training cases {split['train']}")
+        name = transforms.get(channel, "none")
+        return float(transform(np.float64(lo[source, channel]), name)), \
+            float(transform(np.float64(hi[source, channel]), name))
+
+    channels = channel_list(params)
+    ranges = [after_transform(s, c) for s, c, _ in channels]
+    target = params["data"]["target"]
+    t_lo, t_hi = after_transform(target["source"], target["channel"])
+    return {
+        "channels": [c for _, c, _ in channels],
+        "sources": [s for s, _, _ in channels],
+        "transform": [t for _, _, t in channels],
+        "min": [r[0] for r in ranges],
+        "max": [r[1] for r in ranges],
+        "target": {"source": target["source"], "channel": target["channel"],
+                   "transform": transforms.get(target["channel"], "none"), "min": t_lo, "max": t_hi},
+        "split": split,
+        "time_step_minutes": params["data"]["time_step_minutes"],
+        "max_gap_steps": params["data"]["max_gap_steps"],
+        "note": "x_norm = (transform(x) - min) / (max - min), NaN -> 0; min/max from the training cases",
+    }
+
+
+# --------------------------------------------------------------------------- 6: normalise and write
+def block_max(values, block=RAIN_BLOCK):
+    """(T, h, W) physical values -> (T, ceil(h/block), ceil(W/block)) max ignoring NaN (0 if none)."""
+    n_t, n_y, n_x = values.shape
+    pad_y, pad_x = -n_y % block, -n_x % block
+    padded = np.pad(values, ((0, 0), (0, pad_y), (0, pad_x)), constant_values=-np.inf)
+    padded[np.isnan(padded)] = -np.inf
+    out = padded.reshape(n_t, (n_y + pad_y) // block, block, (n_x + pad_x) // block, block).max(axis=(2, 4))
+    out[out == -np.inf] = 0.0
+    return out.astype(np.float32)
+
+
+def write_case(plan, split_name, out_dir, stats, params):
+    """Fill, normalise and write one case to <out_dir>/<case>.zarr (via .zarr.tmp). Returns the path."""
+    case, (n_y, n_x), n_steps = plan["case"], plan["grid"], plan["n_steps"]
+    target = params["data"]["target"]
+    input_sources = list(params["data"]["inputs"])
+    input_channels = [(src, c) for src, c, _ in channel_list(params)]
+    target_key = (target["source"], target["channel"])
+    n_channels = len(stats["channels"])
+    final = os.path.join(out_dir, f"{case}.zarr")
+    tmp = final + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    attrs = {
+        "case": case, "split": split_name,
+        "channels": stats["channels"], "channel_sources": stats["sources"],
+        "transform": dict(zip(stats["channels"], stats["transform"])),
+        "target": {k: stats["target"][k] for k in ("source", "channel", "transform")},
+        "grid_shape": [n_y, n_x],
+        "time_step_minutes": params["data"]["time_step_minutes"],
+        "max_gap_steps": params["data"]["max_gap_steps"],
+        "native_step_minutes": {s: sp["native_steps"] * params["data"]["time_step_minutes"]
+                                for s, sp in plan["sources"].items()},
+        "files": {s: len(sp["paths"]) for s, sp in plan["sources"].items()},
+        "steps_filled": {s: sp["steps_filled"] for s, sp in plan["sources"].items()},
+        "steps_invalid": int((~plan["valid"]).sum()),
+        "rain_block": RAIN_BLOCK,
+        "normalisation": {"min": stats["min"], "max": stats["max"],
+                          "target_min": stats["target"]["min"], "target_max": stats["target"]["max"]},
+    }
+    root = zarr.open_group(tmp, mode="w", zarr_format=3, attributes=attrs)
+    chunk_y, chunk_x = min(CHUNK_XY, n_y), min(CHUNK_XY, n_x)
+    shard_t = -(-n_steps // CHUNK_T) * CHUNK_T  # one shard: every step of one chunk column
+
+    def frames(name, channels, dtype, long_name):
+        """A (T, [C,] H, W) array chunked (CHUNK_T, [C,] 128, 128), sharded over all of T."""
+        c = (channels,) if channels else ()
+        return root.create_array(name, shape=(n_steps,) + c + (n_y, n_x), dtype=dtype,
+                                 chunks=(CHUNK_T,) + c + (chunk_y, chunk_x), shards=(shard_t,) + c + (chunk_y, chunk_x),
+                                 fill_value=False if dtype == "bool" else 0.0, compressors=COMPRESSOR,
+                                 dimension_names=("time",) + ("channel",) * len(c) + ("y", "x"),
+                                 attributes={"long_name": long_name})
+
+    inputs = frames("inputs", n_channels, "float32", f"normalised inputs {', '.join(stats['channels'])}")
+    target_array = frames("target", None, "float32", f"normalised {target['channel']}")
+    coverage = frames("coverage", None, "bool", "the target has data after gap filling")
+    rain_max = np.zeros((n_steps, -(-n_y // RAIN_BLOCK), -(-n_x // RAIN_BLOCK)), dtype=np.float32)
+    inputs_from, first = {}, 0  # source -> its channels' slice of the input tile
+    for source in input_sources:
+        inputs_from[source] = slice(first, first + len(params["data"]["inputs"][source]))
+        first = inputs_from[source].stop
+    # a tile: one row of chunks, as many chunk columns as fit in TILE_BYTES (memory ~ a few tiles)
+    tile_x = chunk_x * max(1, TILE_BYTES // (4 * (n_channels + 1) * n_steps * chunk_y * chunk_x))
+    for y0, x0 in [(y, x) for y in range(0, n_y, chunk_y) for x in range(0, n_x, tile_x)]:
+        rows, cols = slice(y0, min(y0 + chunk_y, n_y)), slice(x0, min(x0 + tile_x, n_x))
+        shape = (n_steps, rows.stop - rows.start, cols.stop - cols.start)  # T x rows x cols
+        tile = np.full((n_channels,) + shape, np.nan, dtype=np.float32)
+        for source in input_sources:
+            read_tile(plan["sources"][source], rows, cols, tile[inputs_from[source]])
+        if target_key in input_channels:
+            target_physical = tile[input_channels.index(target_key)].copy()
+        else:
+            target_physical = read_tile(plan["sources"][target["source"]], rows, cols,
+                                        np.full((1,) + shape, np.nan, dtype=np.float32))[0]
+        covered = np.isfinite(target_physical)
+        coverage[:, rows, cols] = covered
+        rain_max[:, y0 // RAIN_BLOCK:-(-rows.stop // RAIN_BLOCK), x0 // RAIN_BLOCK:-(-cols.stop // RAIN_BLOCK)] = \
+            block_max(target_physical)
+        for c in range(n_channels):
+            normalize_inplace(tile[c], stats["min"][c], stats["max"][c], stats["transform"][c])
+        tile[np.isnan(tile)] = 0.0
+        inputs[:, :, rows, cols] = tile.transpose(1, 0, 2, 3)
+        normalize_inplace(target_physical, stats["target"]["min"], stats["target"]["max"], stats["target"]["transform"])
+        target_physical[~covered] = 0.0
+        target_array[:, rows, cols] = target_physical
+    root.create_array("rain_max", data=rain_max, chunks=(1,) + rain_max.shape[1:],
+                      dimension_names=("time", "y_block", "x_block"),
+                      attributes={"long_name": f"max of {target['channel']} per {RAIN_BLOCK}x{RAIN_BLOCK} block",
+                                  "units": "physical (mm/h for rain rate)"})
+    root.create_array("valid", data=plan["valid"], dimension_names=("time",),
+                      attributes={"long_name": "every source has data at this step"})
+    root.create_array("time", data=plan["start"] + params["data"]["time_step_minutes"] *
+                      np.arange(n_steps, dtype=np.int64), dimension_names=("time",),
+                      attributes={"units": TIME_UNITS, "calendar": "proleptic_gregorian", "standard_name": "time"})
+    shutil.rmtree(final, ignore_errors=True)
+    os.rename(tmp, final)
+    return final
+
+
+# --------------------------------------------------------------------------- the run
+def preprocess(params, skip_bad_cases=False, progress=True):
+    """Run the seven steps; returns a summary dict (see the keys at the end)."""
+    raw_dir, out_dir = params["paths"]["raw_dataset"], params["paths"]["processed_data"]
+    if not os.path.isdir(raw_dir):
+        raise UserError(f"{raw_dir}: raw dataset folder not found (paths.raw_dataset)")
+    case_ids = sorted(n for n in os.listdir(raw_dir)
+                      if os.path.isdir(os.path.join(raw_dir, n)) and not n.startswith("."))
+    if not case_ids:
+        raise UserError(f"{raw_dir}: no case folders (expected <case>/<source>/<YYYYmmddHHMM>.npy)")
+    plans, skipped = {}, {}
+    for case in case_ids:
+        try:
+            plans[case] = scan_case(raw_dir, case, params)
+        except UserError as exc:
+            if not skip_bad_cases:
+                raise UserError(f"{exc} (--skip-bad-cases skips such cases)") from None
+            skipped[case] = str(exc)
+            print(f"skipped: {exc}")
+    split = split_cases(list(plans), params["data"]["split"], skipped)
+    if not split["train"]:
+        raise UserError(f"{raw_dir}: no training case ({len(plans)} usable cases; see data.split)")
+    stats = compute_stats(plans, split, params, progress)
+
+    data = params["data"]
+    jobs = [(name, case) for name in SPLITS for case in split[name]]
+    samples = dict.fromkeys(SPLITS, 0)
+    for name in SPLITS:
+        os.makedirs(os.path.join(out_dir, name), exist_ok=True)
+    for name, case in tqdm(jobs, desc="write", unit="case", disable=not progress):
+        write_case(plans[case], name, os.path.join(out_dir, name), stats, params)
+        samples[name] += len(sample_starts(plans[case]["valid"], data["input_steps"],
+                                           data["lead_steps"], data["output_steps"]))
+    removed = 0
+    for name in SPLITS:  # stores left by earlier runs whose case is no longer in this split
+        folder = os.path.join(out_dir, name)
+        for entry in sorted(os.listdir(folder)):
+            stem = entry[:-5] if entry.endswith(".zarr") else entry[:-9] if entry.endswith(".zarr.tmp") else None
+            if stem is not None and (stem not in split[name] or entry.endswith(".tmp")):
+                shutil.rmtree(os.path.join(folder, entry))
+                removed += 1
+    stats_path = os.path.join(out_dir, "stats.json")
+    with open(stats_path + ".tmp", "w", encoding="utf-8") as fh:
+        json.dump(stats, fh, indent=2)
+    os.replace(stats_path + ".tmp", stats_path)
+    assigned = {c for name in SPLITS for c in split[name]}
+    return {
+        "split": split, "stats": stats_path, "skipped": skipped, "removed_stale": removed,
+        "unassigned": sorted(set(plans) - assigned), "samples": samples,
+        "steps_filled": sum(sp["steps_filled"] for c in assigned for sp in plans[c]["sources"].values()),
+        "steps_invalid": sum(int((~plans[c]["valid"]).sum()) for c in assigned),
+        "steps": sum(plans[c]["n_steps"] for c in assigned),
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Raw nowcasting cases (<case>/<source>/<YYYYmmddHHMM>.npy) -> normalised per-case Zarr "
+                    "stores in <processed_data>/{train,val,test}/ and <processed_data>/stats.json.")
+    add_config_arg(parser)
+    def default(dotted):
+        return f"default: {dotted} in params.json, {json.dumps(get_dotted(SCHEMA, dotted).default)}"
+
+    parser.add_argument("--raw-dataset", metavar="DIR",
+                        help=f"folder of raw cases <case>/<source>/<YYYYmmddHHMM>.npy ({default('paths.raw_dataset')})")
+    parser.add_argument("--processed-data", metavar="DIR",
+                        help=f"output folder for stats.json and train/val/test/<case>.zarr "
+                             f"({default('paths.processed_data')})")
+    parser.add_argument("--time-step-minutes", type=int, metavar="MIN",
+                        help=f"step of the common time axis, minutes ({default('data.time_step_minutes')})")
+    parser.add_argument("--max-gap-steps", type=int, metavar="N",
+                        help=f"longest NaN run filled linearly in time, steps ({default('data.max_gap_steps')})")
+    parser.add_argument("--skip-bad-cases", action="store_true",
+                        help="report a bad case and go on without it (default: stop with an error)")
+    args = parser.parse_args(argv)
+    params = load_params(args.config, {
+        "paths.raw_dataset": args.raw_dataset, "paths.processed_data": args.processed_data,
+        "data.time_step_minutes": args.time_step_minutes, "data.max_gap_steps": args.max_gap_steps})
+    summary = preprocess(params, skip_bad_cases=args.skip_bad_cases)
+    split = summary["split"]
+    out_dir = params["paths"]["processed_data"]
+    extra = f", {len(summary['skipped'])} bad cases skipped" if summary["skipped"] else ""
+    extra += f", {len(summary['unassigned'])} cases in no split list" if summary["unassigned"] else ""
+    print(f"preproc: {sum(len(v) for v in split.values())} cases -> {out_dir}/ (train {len(split['train'])}, "
+          f"val {len(split['val'])}, test {len(split['test'])}); {summary['steps_filled']} missing-file steps "
+          f"filled, {summary['steps_invalid']} of {summary['steps']} steps invalid; samples train "
+          f"{summary['samples']['train']}, val {summary['samples']['val']}, test {summary['samples']['test']}"
+          f"{extra}; stats: {summary['stats']}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

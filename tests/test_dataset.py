@@ -1,0 +1,254 @@
+"""dataset.py: sample_map over valid windows, crops, rainy patches, padding, loaders and workers."""
+import datetime as dt
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+import config
+import dataset
+import preproc
+
+T0 = dt.datetime(2024, 6, 1, 0, 0)
+
+
+def save(raw, case, step, frame):
+    folder = os.path.join(raw, case, "radar")
+    os.makedirs(folder, exist_ok=True)
+    np.save(os.path.join(folder, f"{T0 + dt.timedelta(minutes=5 * step):%Y%m%d%H%M}.npy"),
+            np.asarray(frame, dtype=np.float32))
+
+
+def configure(params, raw, out, **data):
+    params = json.loads(json.dumps(params))
+    params["paths"].update(raw_dataset=str(raw), processed_data=str(out))
+    params["data"].update({"inputs": {"radar": ["rain_rate"]}, **data})
+    return config.validate(params)
+
+
+def build(params, tmp_path, cases, split, **data):
+    """cases: {case: (n_steps, missing steps, frame function t -> (H, W))}; runs preproc."""
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    for case, (n_steps, missing, frame) in cases.items():
+        for t in range(n_steps):
+            if t not in missing:
+                save(raw, case, t, frame(t))
+    p = configure(params, raw, out, split={**split, "seed": 0}, **data)
+    preproc.preprocess(p, progress=False)
+    return p, out
+
+
+def ramp(shape):
+    """Frames whose value tells the step and the pixel: t + y / 100 + x / 10000 (mm/h)."""
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    return lambda t: t + yy / 100 + xx / 10000
+
+
+# --------------------------------------------------------------------------- sample_map
+def test_sample_starts_by_hand():
+    valid = np.ones(20, bool)
+    valid[7:11] = False
+    # inputs s, s+1, s+2 and targets s+4, s+5 (input 3, lead 2, output 2) must avoid steps 7..10:
+    # s = 0, 1 work; s = 2 needs 7; s = 3..10 touch 7..10; s = 11..14 work; s = 15 would need step 20
+    np.testing.assert_array_equal(preproc.sample_starts(valid, 3, 2, 2), [0, 1, 11, 12, 13, 14])
+    assert len(preproc.sample_starts(np.ones(6, bool), 3, 2, 2)) == 1   # exactly one window fits
+    assert len(preproc.sample_starts(np.ones(5, bool), 3, 2, 2)) == 0
+    assert len(preproc.sample_starts(np.ones(30, bool), 6, 24, 1)) == 1  # the seed's 2-hour lead
+
+
+def test_sample_map_counts_by_hand(params, tmp_path):
+    cases = {"a": (20, {7, 8, 9, 10}, ramp((24, 20))),   # 4 missing > max_gap 3: steps 7..10 invalid
+             "b": (8, {3}, ramp((24, 20)))}               # 1 missing: filled, all 8 valid -> s = 0, 1, 2
+    p, out = build(params, tmp_path, cases, {"train": ["a", "b"], "val": [], "test": []},
+                   input_steps=3, lead_steps=2, output_steps=2, patch_size=16)
+    ds = dataset.ZarrPatchDataset(str(out / "train"), p)
+    assert ds.cases == ["a", "b"]
+    np.testing.assert_array_equal(ds.sample_map, [[0, 0], [0, 1], [0, 11], [0, 12], [0, 13], [0, 14],
+                                                  [1, 0], [1, 1], [1, 2]])
+    assert len(ds) == 9
+
+
+# --------------------------------------------------------------------------- crops
+@pytest.fixture
+def ramp_store(params, tmp_path):
+    """One 40 x 36 case of 12 steps whose values encode (t, y, x)."""
+    cases = {"a": (12, set(), ramp((40, 36)))}
+    return build(params, tmp_path, cases, {"train": ["a"], "val": [], "test": []},
+                 input_steps=3, lead_steps=2, output_steps=1, patch_size=16, transform={})
+
+
+def decode(x, stats):
+    """Physical ramp values (transform none) -> (t, y, x) of every pixel."""
+    v = np.asarray(x, np.float64) * (stats["max"][0] - stats["min"][0]) + stats["min"][0]
+    t = np.floor(v + 1e-6)
+    y = np.floor((v - t) * 100 + 1e-4)
+    return t, y, np.round((v - t - y / 100) * 10000)
+
+
+def test_patch_is_the_stored_crop(ramp_store):
+    p, out = ramp_store
+    stats = preproc.load_stats(str(out))
+    ds = dataset.ZarrPatchDataset(str(out / "train"), p)
+    for index in range(len(ds)):
+        sample = ds[index]
+        y0, x0, _, _ = ds.crop(index)
+        assert sample["x"].shape == (3, 1, 16, 16) and sample["y"].shape == (1, 1, 16, 16)
+        assert sample["x"].dtype == torch.float32 and sample["coverage"].dtype == torch.bool
+        t, y, x = decode(sample["x"][:, 0], stats)
+        start = ds.sample_map[index][1]
+        np.testing.assert_array_equal(t[:, 0, 0], start + np.arange(3))
+        np.testing.assert_array_equal(y[0, :, 0], y0 + np.arange(16))
+        np.testing.assert_array_equal(x[0, 0, :], x0 + np.arange(16))
+        t, _, _ = decode(sample["y"][:, 0], stats)
+        assert np.all(t == start + 2 + 2)  # t0 + lead_steps
+        assert sample["coverage"].all()
+        minutes = int((T0 - preproc.EPOCH).total_seconds()) // 60 + 5 * (start + 4)
+        assert sample["time"].tolist() == [minutes] and sample["case"] == "a"
+
+
+def test_crops_inside_grid_and_deterministic(ramp_store):
+    p, out = ramp_store
+    ds = dataset.ZarrPatchDataset(str(out / "train"), p)
+    again = dataset.ZarrPatchDataset(str(out / "train"), p)
+    crops = [ds.crop(i) for i in range(len(ds))]
+    for y0, x0, size_y, size_x in crops:
+        assert 0 <= y0 <= 40 - 16 and 0 <= x0 <= 36 - 16 and (size_y, size_x) == (16, 16)
+    assert [again.crop(i) for i in range(len(ds))] == crops  # same seed, epoch, index -> same crop
+    assert len(set(crops)) > len(crops) // 2                  # and they do vary
+    torch.testing.assert_close(ds[3]["x"], again[3]["x"])
+    again.set_epoch(1)
+    assert [again.crop(i) for i in range(len(ds))] != crops
+    other_seed = dataset.ZarrPatchDataset(str(out / "train"), p, seed=123)
+    assert [other_seed.crop(i) for i in range(len(ds))] != crops
+
+
+def test_eval_crop_is_centre_or_full_frame(ramp_store):
+    p, out = ramp_store
+    centre = dataset.ZarrPatchDataset(str(out / "train"), p, train=False)
+    assert {centre.crop(i) for i in range(len(centre))} == {((40 - 16) // 2, (36 - 16) // 2, 16, 16)}
+    full = dataset.ZarrPatchDataset(str(out / "train"), p, train=False, full_frame=True)
+    sample = full[0]
+    assert sample["x"].shape == (3, 1, 40, 36) and sample["y"].shape == (1, 1, 40, 36)
+    p_full = json.loads(json.dumps(p))
+    p_full["data"]["eval_full_frame"] = True
+    assert dataset.ZarrPatchDataset(str(out / "train"), p_full, train=False).full_frame
+    assert not dataset.ZarrPatchDataset(str(out / "train"), p_full, train=True).full_frame
+
+
+def test_small_grid_is_padded_without_coverage(params, tmp_path):
+    cases = {"s": (8, set(), ramp((10, 20)))}
+    p, out = build(params, tmp_path, cases, {"train": ["s"], "val": [], "test": []},
+                   input_steps=2, lead_steps=1, output_steps=1, patch_size=16)
+    ds = dataset.ZarrPatchDataset(str(out / "train"), p)
+    sample = ds[0]
+    y0, x0, size_y, size_x = ds.crop(0)
+    assert (y0, size_y, size_x) == (0, 10, 16) and 0 <= x0 <= 4
+    assert sample["x"].shape == (2, 1, 16, 16)
+    assert sample["coverage"][..., :10, :].all() and not sample["coverage"][..., 10:, :].any()
+    assert (sample["x"][..., 10:, :] == 0).all() and (sample["y"][..., 10:, :] == 0).all()
+
+
+# --------------------------------------------------------------------------- rainy patches
+@pytest.fixture
+def blob_store(params, tmp_path):
+    """64 x 64, no rain except one 8 x 8 block of 5 mm/h at rows 40..47, cols 8..15."""
+    def frame(t):
+        f = np.zeros((64, 64))
+        f[40:48, 8:16] = 5.0
+        return f
+    return build(params, tmp_path, {"r": (6, set(), frame)}, {"train": ["r"], "val": [], "test": []},
+                 input_steps=2, lead_steps=1, output_steps=1, patch_size=16, rain_threshold=0.5)
+
+
+def rainy_fraction(ds, stats, epochs=8):
+    rainy = []
+    for epoch in range(epochs):
+        ds.set_epoch(epoch)
+        for i in range(len(ds)):
+            s = ds[i]
+            rainy.append(float(dataset.denormalize_target(s["y"], stats)[s["coverage"]].max()) > 0.5)
+    return np.mean(rainy)
+
+
+def test_rainy_patch_preference(blob_store):
+    p, out = blob_store
+    stats = preproc.load_stats(str(out))
+    p = json.loads(json.dumps(p))
+    p["data"].update(rain_patch_prob=1.0, crop_tries=200)
+    always = rainy_fraction(dataset.ZarrPatchDataset(str(out / "train"), p), stats)
+    p["data"].update(rain_patch_prob=0.0)
+    never = rainy_fraction(dataset.ZarrPatchDataset(str(out / "train"), p), stats)
+    # a uniform 16 x 16 crop of 64 x 64 overlaps the blob with probability 23 * 16 / 49^2 = 0.15
+    assert always >= 0.9 and never <= 0.4
+
+
+def test_rain_check_is_conservative(blob_store):
+    """Whenever the rain_max check says 'rainy', the crop really holds target rain (brute force)."""
+    p, out = blob_store
+    ds = dataset.ZarrPatchDataset(str(out / "train"), p)
+    root = zarr.open_group(str(out / "train" / "r.zarr"), mode="r")
+    rain = root["rain_max"][:1]
+    physical = dataset.denormalize_target(root["target"][0], preproc.load_stats(str(out)))
+    said_yes = 0
+    for y0 in range(0, 64 - 16 + 1):
+        for x0 in range(0, 64 - 16 + 1):
+            says = ds._has_rain(rain, 8, (64, 64), y0, x0, 16, 16)
+            truth = physical[y0:y0 + 16, x0:x0 + 16].max() > 0.5
+            assert truth or not says
+            said_yes += says
+    assert said_yes == 9 * 9  # block rows 40..47 inside the crop: y0 in 32..40; cols 8..15: x0 in 0..8
+
+
+# --------------------------------------------------------------------------- loaders
+def test_pad_collate_different_grids():
+    a = {"x": torch.ones(2, 1, 4, 6), "y": torch.ones(1, 1, 4, 6), "coverage": torch.ones(1, 1, 4, 6, dtype=bool),
+         "time": torch.tensor([5]), "case": "a"}
+    b = {"x": torch.ones(2, 1, 5, 3), "y": torch.ones(1, 1, 5, 3), "coverage": torch.ones(1, 1, 5, 3, dtype=bool),
+         "time": torch.tensor([7]), "case": "b"}
+    batch = dataset.pad_collate([a, b])
+    assert batch["x"].shape == (2, 2, 1, 5, 6) and batch["coverage"].dtype == torch.bool
+    assert batch["coverage"][0].sum() == 24 and batch["coverage"][1].sum() == 15
+    assert batch["x"][0, :, :, 4:, :].abs().sum() == 0 and batch["x"][1, :, :, :, 3:].abs().sum() == 0
+    assert batch["case"] == ["a", "b"] and batch["time"].tolist() == [[5], [7]]
+
+
+def test_load_datasets_and_workers(params, tmp_path):
+    shape = (40, 36)
+    cases = {c: (14, set(), ramp(shape)) for c in ("a", "b", "c")}
+    p, out = build(params, tmp_path, cases, {"train": ["a"], "val": ["b"], "test": ["c"]},
+                   input_steps=3, lead_steps=2, output_steps=1, patch_size=16)
+    p["training"].update(batch_size=4, num_workers=0, seed=7)
+    train, val, test = dataset.load_datasets(p)
+    assert [len(loader.dataset) for loader in (train, val, test)] == [10, 10, 10]
+    serial = [b["x"] for b in train]  # the first epoch (each pass draws a new order from the generator)
+    batch = next(iter(train))
+    assert batch["x"].shape == (4, 3, 1, 16, 16) and batch["y"].shape == (4, 1, 1, 16, 16)
+    test_times = torch.cat([b["time"][:, 0] for b in test])
+    assert (torch.diff(test_times) > 0).all()  # test: store and time order
+    val_times = [torch.cat([b["time"][:, 0] for b in val]).tolist() for _ in range(2)]
+    assert val_times[0] == val_times[1] != sorted(val_times[0])  # val: one fixed mixed order
+    assert sorted(val_times[0]) == sorted(set(val_times[0])) and len(val_times[0]) == 10
+    # the same batches with two worker processes: crops depend on (seed, epoch, index) only
+    p["training"]["num_workers"] = 2
+    train2, _, _ = dataset.load_datasets(p)
+    parallel = [b["x"] for b in train2]
+    assert len(parallel) == len(serial) == 3
+    for s, q in zip(serial, parallel):
+        torch.testing.assert_close(s, q)
+
+
+def test_errors(params, tmp_path, ramp_store):
+    p, out = ramp_store
+    with pytest.raises(config.UserError, match="no .zarr stores"):
+        dataset.ZarrPatchDataset(str(tmp_path / "empty"), p)
+    other = json.loads(json.dumps(p))
+    other["data"]["inputs"] = {"radar": ["rain_rate"], "nwp": ["t2m"]}
+    with pytest.raises(config.UserError, match="re-run preproc.py"):
+        dataset.ZarrPatchDataset(str(out / "train"), config.validate(other))
+    long_lead = json.loads(json.dumps(p))
+    long_lead["data"]["lead_steps"] = 30
+    with pytest.raises(config.UserError, match="no valid window"):
+        dataset.ZarrPatchDataset(str(out / "train"), long_lead)
