@@ -5,8 +5,8 @@ files that this script writes in exactly the real layouts:
 
 * Sea ice (`../shared/docs/bremen-asi-format.md`): one NetCDF-4 file per day,
   `asi-AMSR2-<product>-<YYYYMMDD>-v5.4.nc`, float32 `z (y, x)` in %, NaN fill,
-  ascending `x`/`y` in metres, a `polar_stereographic` grid mapping. Land is NaN
-  every day, the pole hole is NaN, swath gaps move from day to day, the ice edge
+  ascending `x`/`y` in metres, a `polar_stereographic` grid mapping. Land (the real
+  GSHHS coastlines of asset/coastline, rasterised on the grid) is NaN every day, the pole hole is NaN, swath gaps move from day to day, the ice edge
   moves slowly with the season, and chosen days are absent.
 * Nowcasting (`../shared/docs/raw-case-layout.md`): `<case>/<source>/<YYYYmmddHHMM>.npy`
   with a 5-minute `radar` source (rain cells that move, grow and decay, mm/h,
@@ -101,8 +101,38 @@ def _lattice_noise(rng, x, y, spacing):
     return top * (1 - wy)[:, None] + bottom * wy[:, None]
 
 
+LAND_POLYGONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "asset", "coastline",
+                             "gshhs_c_L1_polar_land.shp")
+
+
+def real_land(x, y, path=LAND_POLYGONS):
+    """Bool (H, W): cell centres on land (GSHHS level-1 polygons, north polar stereographic).
+
+    x (W,), y (H,) in metres on the NSIDC north grid. None when the polygon file is absent.
+    """
+    if not os.path.exists(path):
+        return None
+    import pyproj
+    import shapefile
+    import shapely
+    from shapely.geometry import shape as to_shape
+
+    to_grid = pyproj.Transformer.from_crs("EPSG:4326", "EPSG:3413", always_xy=True)
+    polygons = []
+    for record in shapefile.Reader(path).shapes():
+        polygon = to_shape(record.__geo_interface__)
+        if polygon.bounds[3] > 0:  # the north polar grid only
+            polygons.append(shapely.transform(polygon, lambda c: np.column_stack(to_grid.transform(c[:, 0], c[:, 1]))))
+    land = shapely.union_all(polygons)
+    shapely.prepare(land)
+    land_mask = np.empty((len(y), len(x)), dtype=bool)
+    for i, row_y in enumerate(y):  # row by row: memory stays at one row of points
+        land_mask[i] = shapely.contains_xy(land, x, np.full_like(x, row_y))
+    return land_mask
+
+
 class SyntheticArctic:
-    """A made-up Arctic on the ASI grid: fixed land, seasonal ice, daily swath gaps.
+    """A made-up Arctic on the ASI grid: real land, seasonal ice, daily swath gaps.
 
     seed: int; shape: (H, W) grid (n3125 extent, see asi_grid).
     truth(date) -> float32 (H, W) concentration in %, NaN on land only.
@@ -117,8 +147,14 @@ class SyntheticArctic:
         rng = np.random.default_rng([self.seed, 1])
         r = np.hypot(self.x[None, :], self.y[:, None]).astype(np.float32)
         self.r = r
+        # longitude on the EPSG:3413 grid (central meridian -45); the ice reaches further south on the
+        # Pacific side and retreats on the warm Atlantic side
+        lon = np.degrees(np.arctan2(self.x[None, :], -self.y[:, None])) - 45.0
+        self.edge_shift = (-5.5e5 * np.cos(np.radians(lon - 20.0))).astype(np.float32)
         relief = 0.7 * _lattice_noise(rng, self.x, self.y, 900e3) + 0.3 * _lattice_noise(rng, self.x, self.y, 250e3)
-        self.land = (relief + 1.6 * np.clip((r - 2.0e6) / 2.5e6, 0, None) > 1.0) & (r > 1.3e6)
+        self.land = real_land(self.x, self.y)
+        if self.land is None:  # no polygon file: a made-up ring of continents
+            self.land = (relief + 1.6 * np.clip((r - 2.0e6) / 2.5e6, 0, None) > 1.0) & (r > 1.3e6)
         # two slowly alternating patterns perturb the ice edge and the pack
         self.edge_a = _lattice_noise(rng, self.x, self.y, 700e3)
         self.edge_b = _lattice_noise(rng, self.x, self.y, 700e3)
@@ -132,7 +168,7 @@ class SyntheticArctic:
         c, s = np.float32(np.cos(phase)), np.float32(np.sin(phase))
         season = np.cos(2 * np.pi * (date.timetuple().tm_yday - 75) / 365.25)  # max ice mid-March
         edge_radius = 2.2e6 + 0.6e6 * season
-        edge = edge_radius + 3.5e5 * (c * self.edge_a + s * self.edge_b)
+        edge = edge_radius + self.edge_shift + 3.5e5 * (c * self.edge_a + s * self.edge_b)
         marginal = np.clip((edge - self.r) / 3.0e5, 0, 1)  # 0 open water .. 1 pack ice
         pack = 1 - 0.12 * np.abs(c * self.pack_a + s * self.pack_b)
         conc = np.clip(100 * marginal * pack, 0, 100).astype(np.float32)

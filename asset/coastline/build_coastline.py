@@ -27,6 +27,7 @@ from shapely.geometry import LineString, box
 NORTH_LIMIT, SOUTH_LIMIT = 25.0, -30.0
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "gshhs_c_L1_polar")
+LAND = os.path.join(HERE, "gshhs_c_L1_polar_land")  # the land polygons, for generate_data.py's land mask
 
 
 def shoreline_runs(ring):
@@ -78,7 +79,36 @@ def main(src):
     print(f"wrote {OUT}.shp: {n_lines} shorelines, {n_points} points, {sizes / 1024:.0f} KiB with .shx/.dbf/.prj")
 
 
+def write_land(src):
+    """The land polygons themselves, clipped to the same latitude bands (generate_data.py rasterises
+    them into the synthetic land mask; the artificial dateline/pole edges do no harm in a mask)."""
+    from shapely.geometry import shape as to_shape
+    from shapely.geometry.polygon import orient
+
+    keep = box(-180, NORTH_LIMIT, 180, 90).union(box(-180, -90, 180, SOUTH_LIMIT))
+    writer = shapefile.Writer(LAND, shapeType=shapefile.POLYGON)
+    writer.field("id", "C", 16)
+    n_polygons = 0
+    for shape, record in zip(shapefile.Reader(src).shapes(), shapefile.Reader(src).records()):
+        clipped = to_shape(shape.__geo_interface__).buffer(0).intersection(keep)
+        for polygon in getattr(clipped, "geoms", [clipped]):
+            if polygon.geom_type != "Polygon" or polygon.is_empty:
+                continue
+            polygon = orient(polygon, sign=-1.0)  # shapefile order: exterior clockwise, holes anticlockwise
+            rings = [[(round(x, 4), round(y, 4)) for x, y in polygon.exterior.coords]]
+            rings += [[(round(x, 4), round(y, 4)) for x, y in hole.coords] for hole in polygon.interiors]
+            writer.poly(rings)
+            writer.record(str(record["id"]))
+            n_polygons += 1
+    writer.close()
+    with open(LAND + ".prj", "w") as fh:
+        fh.write(open(OUT + ".prj").read())
+    sizes = sum(os.path.getsize(LAND + ext) for ext in (".shp", ".shx", ".dbf", ".prj"))
+    print(f"wrote {LAND}.shp: {n_polygons} land polygons, {sizes / 1024:.0f} KiB with .shx/.dbf/.prj")
+
+
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit(__doc__)
     main(sys.argv[1])
+    write_land(sys.argv[1])
