@@ -1,0 +1,487 @@
+"""Consolidate daily ASI sea-ice files into one gap-filled (time, y, x) file, .nc or .zarr.
+
+    python consolidate_data.py --source_dir ./data --start_date 20240401 --end_date 20240430 \
+        --output_file ./sea_ice_concentration_202404.nc [--land_mask_file ./land_mask.nc] \
+        [--batch_size 30] [--time_window 3] [--space_window 10] [--alpha 25.0] [--sigma 5.0] \
+        [--max_time_gap 5]
+
+The time axis is the calendar: every day from start to end is a frame. A day
+with no file, or an unreadable one (cannot be opened, no `z`, `z` not 2-D), is
+an all-NaN frame and is listed in `missing_dates`; time distances are true days.
+A readable day on another grid than the first one is an error (mixed products).
+
+Gaps are filled in two stages (values in %), see interpolation.py:
+1. time-linear: a NaN run of at most max_time_gap days with a value on both
+   sides is filled linearly; runs touching the first/last day or longer are not;
+2. Gaussian: each pixel still NaN (and not land) becomes sum(w v) / sum(w) over
+   the valid values v (observed or filled in stage 1, never land) in the box
+   [t +- time_window] x [y, x +- space_window] clipped to the range and the grid,
+   w = exp(-(dy^2 + dx^2 + alpha dt^2) / (2 sigma^2)); 0 when sum(w) < 1e-9.
+The output is value / 100 (fraction); land (when a mask is given) is 0.
+
+Frames are processed batch_size at a time with a halo of time_window +
+max_time_gap days on each side, so the output is bit-identical for every
+batch_size and memory grows with batch_size, not with the length of the range.
+
+Output (NetCDF-4 zlib or Zarr v3, one frame per chunk at most):
+  sea_ice_conc (time, y, x) float32 fraction, no NaN
+  fill_flag    (time, y, x) uint8: 0 observed, 1 time-linear, 2 Gaussian,
+                                  3 no neighbour (set to 0), 4 land (set to 0)
+  time (time) int32 YYYYMMDD, every day; missing_dates (missing) int32 YYYYMMDD
+  x, y (metres) and the grid mapping variable copied from the source files;
+  the parameters used as global attributes.
+"""
+import argparse
+import datetime as dt
+import os
+import shutil
+import sys
+import time
+import warnings
+
+import netCDF4
+import numpy as np
+from tqdm import tqdm
+
+from config import SCHEMA, UserError, add_config_arg, load_params, run_main
+from generate_data import asi_filename, date_range, to_date
+from interpolation import fill_gaussian, fill_time_linear
+
+FLAG_OBSERVED, FLAG_TIME_LINEAR, FLAG_GAUSSIAN, FLAG_NO_NEIGHBOUR, FLAG_LAND = range(5)
+FLAG_MEANINGS = "observed time_linear gaussian no_neighbour land"
+CHUNK_SIDE = 1024  # output chunks are (1, <=1024, <=1024): one frame at most, ROI reads stay cheap
+
+
+# --------------------------------------------------------------------------- reading the source
+def read_frame(path):
+    """z of one ASI file as float32 (H, W) in %, NaN where missing; raises on any read problem."""
+    with netCDF4.Dataset(path) as nc:
+        if "z" not in nc.variables:
+            raise KeyError(f"no variable 'z' (variables: {', '.join(nc.variables) or 'none'})")
+        z = nc.variables["z"][:]
+    frame = np.ma.filled(np.ma.asarray(z, dtype=np.float32), np.nan)
+    if frame.ndim != 2:
+        raise ValueError(f"z has shape {frame.shape}, expected 2-D (y, x)")
+    return np.ascontiguousarray(frame)
+
+
+def z_shape(path):
+    """Shape of z in one file, reading only the header; raises when unreadable."""
+    with netCDF4.Dataset(path) as nc:
+        if "z" not in nc.variables:
+            raise KeyError(f"no variable 'z' (variables: {', '.join(nc.variables) or 'none'})")
+        shape = nc.variables["z"].shape
+    if len(shape) != 2:
+        raise ValueError(f"z has shape {shape}, expected 2-D (y, x)")
+    return shape
+
+
+def plain(value):
+    """A netCDF attribute as a JSON-friendly Python value (for Zarr attributes)."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def read_grid(path):
+    """x, y and the grid mapping of one ASI file: {"x": (values, attrs, dtype), "y": ..., "mapping": ...}."""
+    with netCDF4.Dataset(path) as nc:
+        grid = {}
+        for name in ("x", "y"):
+            if name not in nc.variables:
+                raise UserError(f"{path}: no coordinate variable {name!r}; expected the Bremen ASI layout")
+            var = nc.variables[name]
+            var.set_auto_mask(False)
+            grid[name] = (np.asarray(var[:]), {k: var.getncattr(k) for k in var.ncattrs() if k != "_FillValue"},
+                          var.dtype)
+        mapping_name = getattr(nc.variables["z"], "grid_mapping", "polar_stereographic")
+        grid["mapping"] = None
+        if mapping_name in nc.variables:
+            var = nc.variables[mapping_name]
+            grid["mapping"] = (mapping_name, var.dtype,
+                               {k: var.getncattr(k) for k in var.ncattrs() if k != "_FillValue"})
+        grid["source_title"] = str(getattr(nc, "title", getattr(nc, "product", "ASI AMSR2")))
+    return grid
+
+
+def scan_days(source_dir, days, product):
+    """Find each day's file and check its header.
+
+    Returns (paths, shape, first_path): paths[i] is the file of days[i] or None
+    (absent or unreadable: warned about); shape (H, W) of the first readable file.
+    A readable file whose grid differs from the first one is a UserError.
+    """
+    paths, shape, first_path, absent = [], None, None, []
+    for day in days:
+        path = os.path.join(source_dir, asi_filename(day, product))
+        if not os.path.exists(path):
+            paths.append(None)
+            absent.append(day)
+            continue
+        try:
+            day_shape = z_shape(path)
+        except Exception as exc:  # damaged download, not NetCDF, no z: an all-NaN day
+            print(f"warning: {path}: cannot read ({exc}); day treated as missing", file=sys.stderr)
+            paths.append(None)
+            continue
+        if shape is None:
+            shape, first_path = day_shape, path
+        elif day_shape != shape:
+            raise UserError(f"{path}: z is {day_shape[0]}x{day_shape[1]}, expected {shape[0]}x{shape[1]} "
+                            f"like {first_path}; do not mix products in one folder")
+        paths.append(path)
+    if absent:
+        print(f"warning: {len(absent)} of {len(days)} days have no file in {source_dir} "
+              f"(all-NaN frames, listed in missing_dates): {format_dates(absent)}", file=sys.stderr)
+    if shape is None:
+        pattern = asi_filename(days[0], product).replace(f"{days[0]:%Y%m%d}", "*")
+        raise UserError(f"{source_dir}: no readable {pattern} file for {days[0]:%Y%m%d}..{days[-1]:%Y%m%d}")
+    return paths, shape, first_path
+
+
+def read_land_mask(path, shape, grid):
+    """land_mask (y, x) of create_mask.py's output as bool (H, W), True on land; checks the grid."""
+    if not os.path.isfile(path):
+        raise UserError(f"--land_mask_file {path}: file not found (create it with create_mask.py)")
+    try:
+        with netCDF4.Dataset(path) as nc:
+            if "land_mask" not in nc.variables:
+                raise UserError(f"{path}: no variable 'land_mask'; expected create_mask.py output")
+            land = np.ma.filled(nc.variables["land_mask"][:], 0)
+            coords = {name: np.asarray(nc.variables[name][:]) for name in ("x", "y") if name in nc.variables}
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the land mask ({exc})") from None
+    if land.shape != tuple(shape):
+        raise UserError(f"{path}: land_mask is {'x'.join(map(str, land.shape))}, expected "
+                        f"{shape[0]}x{shape[1]} like the source files")
+    for name, values in coords.items():
+        if values.shape != grid[name][0].shape or not np.allclose(values, grid[name][0], rtol=0, atol=1.0):
+            raise UserError(f"{path}: coordinate {name} differs from the source files' (another grid?)")
+    return land != 0
+
+
+# --------------------------------------------------------------------------- writing the output
+def format_dates(dates, limit=20):
+    """'20240405, 20240406' (at most `limit` dates, then '... (N in all)')."""
+    text = ", ".join(f"{d:%Y%m%d}" for d in dates[:limit])
+    return text + (f", ... ({len(dates)} in all)" if len(dates) > limit else "")
+
+
+def variable_attrs(mapping_name):
+    """CF attributes of the two (time, y, x) variables."""
+    grid_mapping = {"grid_mapping": mapping_name} if mapping_name else {}
+    conc = {"long_name": "sea ice concentration, gap-filled", "standard_name": "sea_ice_area_fraction",
+            "units": "1", "valid_min": np.float32(0), "valid_max": np.float32(1),
+            "ancillary_variables": "fill_flag", **grid_mapping}
+    flag = {"long_name": "how each value was obtained", "flag_values": np.arange(5, dtype=np.uint8),
+            "flag_meanings": FLAG_MEANINGS, **grid_mapping}
+    return conc, flag
+
+
+class NetCDFWriter:
+    """NetCDF-4 output, zlib-compressed, written one frame at a time."""
+
+    def __init__(self, path, grid, times, attrs):
+        n_y, n_x = len(grid["y"][0]), len(grid["x"][0])
+        self.nc = netCDF4.Dataset(path, "w", format="NETCDF4")
+        self.nc.setncatts(attrs)
+        self.nc.createDimension("time", len(times))
+        self.nc.createDimension("y", n_y)
+        self.nc.createDimension("x", n_x)
+        self.nc.createDimension("missing", None)
+        var = self.nc.createVariable("time", "i4", ("time",))
+        var.setncatts({"long_name": "date (YYYYMMDD)", "axis": "T"})
+        var[:] = times
+        for name in ("x", "y"):
+            values, var_attrs, dtype = grid[name]
+            var = self.nc.createVariable(name, dtype, (name,))
+            var.setncatts(var_attrs)
+            var[:] = values
+        mapping_name = None
+        if grid["mapping"] is not None:
+            mapping_name, dtype, var_attrs = grid["mapping"]
+            self.nc.createVariable(mapping_name, dtype).setncatts(var_attrs)
+        conc_attrs, flag_attrs = variable_attrs(mapping_name)
+        chunks = (1, min(n_y, CHUNK_SIDE), min(n_x, CHUNK_SIDE))
+        self.conc = self.nc.createVariable("sea_ice_conc", "f4", ("time", "y", "x"), zlib=True, complevel=1,
+                                           shuffle=True, chunksizes=chunks, fill_value=False)
+        self.conc.setncatts(conc_attrs)
+        self.flag = self.nc.createVariable("fill_flag", "u1", ("time", "y", "x"), zlib=True, complevel=1,
+                                           shuffle=True, chunksizes=chunks, fill_value=False)
+        self.flag.setncatts(flag_attrs)
+
+    def write(self, t, conc, flag):
+        self.conc[t] = conc
+        self.flag[t] = flag
+
+    def close(self, missing_dates=None):
+        if missing_dates is not None:
+            var = self.nc.createVariable("missing_dates", "i4", ("missing",))
+            var.setncatts({"long_name": "days with no readable source file (all-NaN input frames), YYYYMMDD"})
+            var[:] = np.asarray(missing_dates, np.int32)
+        self.nc.close()
+
+
+class ZarrWriter:
+    """Zarr v3 store (xarray reads it with dimension names and CF attributes), one frame at a time."""
+
+    def __init__(self, path, grid, times, attrs):
+        import zarr
+
+        self.zarr, self.path = zarr, path
+        n_y, n_x = len(grid["y"][0]), len(grid["x"][0])
+        self.group = zarr.open_group(path, mode="w", zarr_format=3,
+                                     attributes={k: plain(v) for k, v in attrs.items()})
+        self.group.create_array("time", data=np.asarray(times, np.int32), dimension_names=("time",),
+                                attributes={"long_name": "date (YYYYMMDD)", "axis": "T"})
+        for name in ("x", "y"):
+            values, var_attrs, dtype = grid[name]
+            self.group.create_array(name, data=np.asarray(values, dtype), dimension_names=(name,),
+                                    attributes={k: plain(v) for k, v in var_attrs.items()})
+        mapping_name = None
+        if grid["mapping"] is not None:
+            mapping_name, dtype, var_attrs = grid["mapping"]
+            self.group.create_array(mapping_name, shape=(), dtype=dtype, fill_value=0,
+                                    attributes={k: plain(v) for k, v in var_attrs.items()})
+        conc_attrs, flag_attrs = variable_attrs(mapping_name)
+        chunks = (1, min(n_y, CHUNK_SIDE), min(n_x, CHUNK_SIDE))
+        shape = (len(times), n_y, n_x)
+        self.conc = self.group.create_array("sea_ice_conc", shape=shape, dtype="f4", chunks=chunks,
+                                            fill_value=np.float32(0), dimension_names=("time", "y", "x"),
+                                            attributes={k: plain(v) for k, v in conc_attrs.items()})
+        self.flag = self.group.create_array("fill_flag", shape=shape, dtype="u1", chunks=chunks,
+                                            fill_value=np.uint8(0), dimension_names=("time", "y", "x"),
+                                            attributes={k: plain(v) for k, v in flag_attrs.items()})
+
+    def write(self, t, conc, flag):
+        self.conc[t] = conc
+        self.flag[t] = flag
+
+    def close(self, missing_dates=None):
+        if missing_dates is None:
+            return
+        self.group.create_array(
+            "missing_dates", data=np.asarray(missing_dates, np.int32), dimension_names=("missing",),
+            attributes={"long_name": "days with no readable source file (all-NaN input frames), YYYYMMDD"})
+        with warnings.catch_warnings():  # "consolidated metadata is not part of the v3 spec": xarray uses it
+            warnings.simplefilter("ignore")
+            self.zarr.consolidate_metadata(self.path)
+
+
+def check_output(path, extension):
+    """Refuse to replace something that is not an older output of the same kind."""
+    if extension == ".nc" and os.path.isdir(path):
+        raise UserError(f"--output_file {path}: is a folder, expected a NetCDF file name")
+    if extension == ".zarr" and os.path.lexists(path) and not (
+            os.path.isfile(os.path.join(path, "zarr.json")) or os.path.isfile(os.path.join(path, ".zgroup"))):
+        raise UserError(f"--output_file {path}: exists and is not a Zarr store; remove it or choose another name")
+
+
+def replace_output(tmp, path):
+    """Rename the finished temporary output to `path`, replacing an older file or store."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+
+
+def remove_output(path):
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        os.remove(path)
+
+
+# --------------------------------------------------------------------------- the consolidation
+def consolidate(paths, days, shape, land, writer, batch_size, time_window, space_window, alpha,
+                sigma, max_time_gap, progress=True):
+    """Fill every day batch by batch and hand each frame to writer.write.
+
+    paths: file or None per day; shape (H, W); land: bool (H, W) or None.
+    The window of a batch [b0, b1) is [b0 - halo, b1 + halo) clipped to the
+    range, halo = time_window + max_time_gap: stage 1 there equals stage 1 on
+    the whole range for every frame within time_window of the batch, which is
+    all stage 2 reads, so the output does not depend on batch_size.
+    Frames shared with the previous window are kept (restored to their raw
+    values), so each file is read once.
+    Returns (missing day indices, flag counts int64 (5,)).
+    """
+    n_days, (n_y, n_x) = len(days), shape
+    halo = time_window + max_time_gap
+    buffer = np.empty((min(n_days, batch_size + 2 * halo), n_y, n_x), np.float32)
+    missing = {i for i, p in enumerate(paths) if p is None}
+    flag_counts = np.zeros(5, np.int64)
+    fillable = None if land is None else ~land
+    lo = hi = 0  # the window held in buffer[:hi - lo]
+    filled1 = None  # stage-1 mask of that window
+    bar = tqdm(total=n_days, desc="consolidate", unit="day", disable=not progress)
+    for b0 in range(0, n_days, batch_size):
+        b1 = min(n_days, b0 + batch_size)
+        new_lo, new_hi = max(0, b0 - halo), min(n_days, b1 + halo)
+        for j, t in enumerate(range(new_lo, min(hi, new_hi))):  # keep the overlap, raw again
+            k = t - lo
+            if k != j:
+                buffer[j] = buffer[k]
+            np.putmask(buffer[j], filled1[k], np.float32(np.nan))
+        for t in range(max(hi, new_lo), new_hi):
+            frame = buffer[t - new_lo]
+            if paths[t] is None:
+                frame[:] = np.nan
+                continue
+            try:
+                frame[:] = read_frame(paths[t])
+            except Exception as exc:
+                tqdm.write(f"warning: {paths[t]}: cannot read ({exc}); day treated as missing", file=sys.stderr)
+                frame[:] = np.nan
+                missing.add(t)
+                paths[t] = None
+                continue
+            if land is not None:
+                frame[land] = np.nan  # land is never a neighbour, even where observed
+        lo, hi = new_lo, new_hi
+        window = buffer[:hi - lo]
+        filled1 = fill_time_linear(window, max_time_gap)
+        for t in range(b0, b1):
+            i = t - lo
+            values, no_neighbour = fill_gaussian(window, fillable, None, time_window, space_window,
+                                                 alpha, sigma, frames=(i, i + 1))
+            values, no_neighbour = values[0], no_neighbour[0]
+            flag = filled1[i].view(np.uint8).copy()  # FLAG_TIME_LINEAR (1) where stage 1 filled, else 0
+            flag[np.isnan(window[i])] = FLAG_GAUSSIAN  # land too, overwritten below
+            flag[no_neighbour] = FLAG_NO_NEIGHBOUR
+            if land is not None:
+                flag[land] = FLAG_LAND
+                values[land] = 0.0
+            conc = values / np.float32(100.0)
+            if np.isnan(conc).any():  # cannot happen: every NaN is filled or land
+                raise RuntimeError(f"NaN left in frame {days[t]:%Y%m%d}")
+            writer.write(t, conc, flag)
+            flag_counts += [np.count_nonzero(flag == k) for k in range(5)]
+            bar.update(1)
+    bar.close()
+    return sorted(missing), flag_counts
+
+
+# --------------------------------------------------------------------------- command line
+FLAG_KEYS = {"--source_dir": "paths.sea_ice_data", "--start_date": "sea_ice.start_date",
+             "--end_date": "sea_ice.end_date", "--output_file": "sea_ice.consolidated_file",
+             "--land_mask_file": "sea_ice.land_mask_file", "--batch_size": "sea_ice.batch_size",
+             "--time_window": "sea_ice.time_window", "--space_window": "sea_ice.space_window",
+             "--alpha": "sea_ice.alpha", "--sigma": "sea_ice.sigma", "--max_time_gap": "sea_ice.max_time_gap"}
+
+
+def default_of(dotted):
+    section, key = dotted.split(".")
+    return SCHEMA[section][key].default
+
+
+def date_flag(flag, text):
+    """A date flag as int YYYYMMDD (None when not given); UserError naming the flag when not a date."""
+    if text is None:
+        return None
+    try:
+        return int(f"{to_date(text):%Y%m%d}")
+    except UserError as exc:
+        raise UserError(f"{flag} {exc}") from None
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arg(parser)
+
+    def add(flag, type_, unit, help_):
+        key = FLAG_KEYS[flag]
+        parser.add_argument(flag, type=type_, default=None,
+                            help=f"{help_} (default: {key} in params.json, {default_of(key)!r}{unit})")
+
+    add("--source_dir", str, "", "folder of daily asi-AMSR2-<product>-YYYYMMDD-v5.4.nc files")
+    add("--start_date", str, "", "first day, YYYYMMDD")
+    add("--end_date", str, "", "last day, YYYYMMDD, inclusive")
+    add("--output_file", str, "", "output, ending in .nc (NetCDF-4) or .zarr (Zarr v3 store)")
+    add("--land_mask_file", str, "",
+        "land mask NetCDF from create_mask.py: land is set to 0 and never used; '' for none")
+    add("--batch_size", int, " days", "days filled per batch; memory grows with it, the result does not change")
+    add("--time_window", int, " days", "Gaussian fill: half-width of the box in time")
+    add("--space_window", int, " pixels", "Gaussian fill: half-width of the box in y and x")
+    add("--alpha", float, "",
+        "Gaussian fill: weight of time against space, w = exp(-(dy^2+dx^2+alpha dt^2)/(2 sigma^2))")
+    add("--sigma", float, " pixels", "Gaussian fill: kernel width")
+    add("--max_time_gap", int, " days", "time-linear fill: longest NaN run filled")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    overrides = {key: getattr(args, flag[2:]) for flag, key in FLAG_KEYS.items()}
+    overrides["sea_ice.start_date"] = date_flag("--start_date", args.start_date)
+    overrides["sea_ice.end_date"] = date_flag("--end_date", args.end_date)
+    try:
+        params = load_params(args.config, overrides)
+    except UserError as exc:
+        flag = next((f for f, k in FLAG_KEYS.items() if str(exc).startswith(k + ":")
+                     and overrides[k] is not None), None)
+        raise UserError(f"{flag}: {exc}" if flag else str(exc)) from None
+    ice = params["sea_ice"]
+    source_dir, output_file = params["paths"]["sea_ice_data"], ice["consolidated_file"]
+    land_mask_file = ice["land_mask_file"]
+    settings = {k: ice[k] for k in ("time_window", "space_window", "alpha", "sigma", "max_time_gap")}
+    days = date_range(ice["start_date"], ice["end_date"])
+    extension = os.path.splitext(output_file.rstrip("/"))[1].lower()
+    if extension not in (".nc", ".zarr"):
+        raise UserError(f"--output_file {output_file}: expected a name ending in .nc (NetCDF) or .zarr (Zarr)")
+    output_file = output_file.rstrip("/")
+    check_output(output_file, extension)
+    if not os.path.isdir(source_dir):
+        raise UserError(f"--source_dir {source_dir}: folder not found")
+
+    started = time.perf_counter()
+    paths, shape, first_path = scan_days(source_dir, days, ice["product"])
+    grid = read_grid(first_path)
+    if (len(grid["y"][0]), len(grid["x"][0])) != tuple(shape):
+        raise UserError(f"{first_path}: z is {shape[0]}x{shape[1]} but y, x have "
+                        f"{len(grid['y'][0])}, {len(grid['x'][0])} values")
+    land = read_land_mask(land_mask_file, shape, grid) if land_mask_file else None
+
+    os.makedirs(os.path.dirname(os.path.abspath(output_file)), exist_ok=True)
+    tmp = output_file + ".tmp"
+    remove_output(tmp)
+    attrs = {"title": "ASI AMSR2 sea ice concentration, daily, gap-filled", "Conventions": "CF-1.8",
+             "source": grid["source_title"], "source_dir": os.path.abspath(source_dir),
+             "product": ice["product"], "start_date": f"{days[0]:%Y%m%d}", "end_date": f"{days[-1]:%Y%m%d}",
+             "land_mask_file": os.path.abspath(land_mask_file) if land_mask_file else "",
+             **{k: (float(v) if k in ("alpha", "sigma") else np.int32(v)) for k, v in settings.items()},
+             "gap_filling": "stage 1: time-linear over NaN runs of <= max_time_gap days; stage 2: "
+                            "sum(w v)/sum(w) over the box [t +- time_window] x [y, x +- space_window], "
+                            "w = exp(-(dy^2 + dx^2 + alpha dt^2) / (2 sigma^2)), 0 when sum(w) < 1e-9",
+             "history": f"{dt.datetime.now():%Y-%m-%d %H:%M} consolidate_data.py"}
+    times = np.array([int(f"{d:%Y%m%d}") for d in days], np.int32)
+    try:
+        writer = (NetCDFWriter if extension == ".nc" else ZarrWriter)(tmp, grid, times, attrs)
+    except OSError as exc:
+        remove_output(tmp)
+        raise UserError(f"--output_file {output_file}: cannot write {tmp} ({exc})") from None
+    try:
+        missing, flag_counts = consolidate(paths, days, shape, land, writer, ice["batch_size"],
+                                           **settings)
+        writer.close([times[i] for i in missing])
+        replace_output(tmp, output_file)
+    except BaseException:
+        try:
+            writer.close()
+        except Exception:  # already closed, or the failure was in close: the temporary goes anyway
+            pass
+        remove_output(tmp)
+        raise
+    elapsed = time.perf_counter() - started
+    share = 100.0 * flag_counts / max(1, flag_counts.sum())
+    print(f"wrote {output_file}: {len(days)} days {days[0]:%Y%m%d}..{days[-1]:%Y%m%d} of {shape[0]}x{shape[1]} "
+          f"({len(missing)} missing{': ' + format_dates([days[i] for i in missing], 5) if missing else ''}); "
+          f"pixels: {share[0]:.1f}% observed, {share[1]:.1f}% time-linear, {share[2]:.1f}% Gaussian, "
+          f"{share[3]:.1f}% no neighbour, {share[4]:.1f}% land; {elapsed:.1f} s ({len(days) / elapsed:.2f} days/s)")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
