@@ -1,0 +1,753 @@
+"""Verification scores: the one module used by training.py and evaluate.py.
+
+Pure numpy/scipy functions on arrays, plus accumulators that add contingency
+tables and sums over batches, so that a score over a whole test set is exact
+(the score of the concatenated arrays), never a mean of per-batch scores.
+
+    import metrics
+    metrics.categorical(pred, obs, threshold=1.0)["csi"]        # one threshold, all pixels
+    acc = metrics.ContingencyAccumulator([0.5, 1, 2], lead_axis=-3)
+    for pred, obs in batches:                                   # (B, T_out, H, W) mm/h
+        acc.update(pred, obs, mask=coverage)                    # coverage (H, W) bool
+    acc.scores()["csi"]                                         # (n_thresholds, T_out)
+
+Conventions (they hold for every function and accumulator here)
+--------------------------------------------------------------
+* Arrays: `pred` and `obs` have the same shape, any number of leading axes
+  before the spatial ones (..., H, W); units are the data's (mm/h for rain,
+  fraction or % for sea ice). Scores keep the data's units (MSE in units^2).
+* Valid pixels: a pixel counts when pred and obs are both finite and `mask`
+  (optional, boolean, broadcastable to pred, True = the pixel counts) is True.
+  Every other pixel is left out of every sum. (pysteps' det_cat_fct counts a
+  NaN as a "no" instead; compare on finite pixels only.)
+* Events: a pixel is an event when its value >= threshold (value exactly at
+  the threshold is an event). This is pysteps' `fss` convention and the sea-ice
+  extent convention (concentration of at least 15 %). pysteps' `det_cat_fct`
+  and SmaAt-UNet use the strict `value > threshold`; pass `strict=True` to the
+  categorical functions to reproduce them bit for bit. The two differ only for
+  values exactly equal to the threshold.
+* Undefined scores: a ratio whose denominator is zero is NaN (no warning),
+  e.g. POD when nothing was observed, FAR when nothing was forecast, CSI/HSS/
+  ETS/FSS when neither field has an event. An empty set of valid pixels gives
+  NaN for every score (and zero counts).
+"""
+import numpy as np
+from scipy import ndimage
+
+CATEGORICAL_SCORES = ("accuracy", "precision", "recall", "pod", "f1", "csi", "far", "hss",
+                      "ets", "frequency_bias")
+TABLE_KEYS = ("hits", "misses", "false_alarms", "correct_negatives")
+ICE_EDGE_FRACTION = 0.15  # sea-ice extent: concentration >= 15 %
+
+
+# --------------------------------------------------------------------------- helpers
+def valid_pixels(pred, obs, mask=None):
+    """Boolean array, shape of pred: True where pred and obs are finite and mask is True.
+
+    Parameters
+    ----------
+    pred, obs : array_like, same shape (..., H, W)
+    mask : array_like of bool, optional
+        Broadcastable to pred (e.g. (H, W) coverage for a (T, H, W) stack); True = counts.
+    """
+    pred, obs = np.asarray(pred), np.asarray(obs)
+    if pred.shape != obs.shape:
+        raise ValueError(f"pred shape {pred.shape} differs from obs shape {obs.shape}")
+    valid = np.isfinite(pred) & np.isfinite(obs)
+    if mask is not None:
+        valid &= np.broadcast_to(np.asarray(mask, dtype=bool), pred.shape)
+    return valid
+
+
+def events(values, threshold, strict=False):
+    """Boolean events: values >= threshold (or values > threshold when strict). NaN -> False."""
+    values = np.asarray(values)
+    return values > threshold if strict else values >= threshold
+
+
+def _ratio(numerator, denominator):
+    """numerator / denominator as float64, NaN where the denominator is 0."""
+    numerator = np.asarray(numerator, dtype=np.float64)
+    denominator = np.asarray(denominator, dtype=np.float64)
+    out = np.full(np.broadcast(numerator, denominator).shape, np.nan)
+    np.divide(numerator, denominator, out=out, where=denominator != 0)
+    return out if out.ndim else float(out)
+
+
+def _lead_first(x, lead_axis):
+    """Move `lead_axis` to the front: (..., L, ...) -> (L, ...); no lead axis -> (1, ...)."""
+    x = np.asarray(x)
+    return x[None] if lead_axis is None else np.moveaxis(x, lead_axis, 0)
+
+
+# --------------------------------------------------------------------------- categorical
+def contingency_table(pred, obs, threshold, mask=None, strict=False):
+    """2x2 contingency table of events (value >= threshold) over valid pixels.
+
+    Parameters
+    ----------
+    pred, obs : array_like, same shape (..., H, W)
+        Forecast and observation in the threshold's units (mm/h, fraction, %).
+    threshold : float
+        Event threshold; an event is value >= threshold (value > threshold if strict).
+    mask : array_like of bool, optional
+        True = the pixel counts; broadcastable to pred.
+    strict : bool
+        Use value > threshold (pysteps det_cat_fct / SmaAt-UNet convention).
+
+    Returns
+    -------
+    dict
+        hits (pred yes, obs yes), misses (pred no, obs yes), false_alarms (pred yes,
+        obs no), correct_negatives (pred no, obs no): Python ints (pixel counts).
+    """
+    valid = valid_pixels(pred, obs, mask)
+    forecast = events(np.asarray(pred)[valid], threshold, strict)
+    observed = events(np.asarray(obs)[valid], threshold, strict)
+    hits = int(np.count_nonzero(forecast & observed))
+    misses = int(np.count_nonzero(observed)) - hits
+    false_alarms = int(np.count_nonzero(forecast)) - hits
+    correct_negatives = int(valid.sum()) - hits - misses - false_alarms
+    return {"hits": hits, "misses": misses, "false_alarms": false_alarms,
+            "correct_negatives": correct_negatives}
+
+
+def categorical_scores(table):
+    """Scores of a contingency table (scalars or arrays of counts, elementwise).
+
+    With H hits, M misses, F false alarms, R correct negatives, N = H + M + F + R:
+
+    ==============  ==============================================  ==================
+    key             definition                                      NaN when
+    ==============  ==============================================  ==================
+    accuracy        (H + R) / N                                     N = 0
+    precision       H / (H + F)            (= 1 - FAR)              H + F = 0
+    recall, pod     H / (H + M)            (probability of detect.) H + M = 0
+    f1              2H / (2H + F + M)      (harmonic mean P, R)     H + F + M = 0
+    csi             H / (H + M + F)        (threat score)           H + F + M = 0
+    far             F / (H + F)            (false alarm ratio)      H + F = 0
+    hss             2(HR - FM) / ((H+M)(M+R) + (H+F)(F+R))          denominator = 0
+    ets             (H - Hr) / (H + M + F - Hr), Hr = (H+M)(H+F)/N  denominator = 0
+    frequency_bias  (H + F) / (H + M)                               H + M = 0
+    ==============  ==============================================  ==================
+
+    HSS is the standard Heidke skill score (pysteps' HSS). SmaAt-UNet's code (and
+    hence seed 004's table) leaves out the factor 2: their HSS is `hss / 2`.
+    A perfect forecast of a field that is all events or all non-events has
+    accuracy 1 and HSS/ETS NaN (no skill can be measured).
+
+    Parameters
+    ----------
+    table : dict
+        hits, misses, false_alarms, correct_negatives (as from contingency_table).
+
+    Returns
+    -------
+    dict
+        The keys above, floats (or float64 arrays shaped like the counts).
+    """
+    H, M, F, R = (np.asarray(table[k], dtype=np.float64) for k in TABLE_KEYS)
+    N = H + M + F + R
+    hits_random = _ratio((H + M) * (H + F), N)
+    hits_random = np.where(N > 0, hits_random, 0.0)
+    pod = _ratio(H, H + M)
+    far = _ratio(F, H + F)
+    return {
+        "accuracy": _ratio(H + R, N),
+        "precision": _ratio(H, H + F),
+        "recall": pod,
+        "pod": pod,
+        "f1": _ratio(2 * H, 2 * H + F + M),
+        "csi": _ratio(H, H + M + F),
+        "far": far,
+        "hss": _ratio(2 * (H * R - F * M), (H + M) * (M + R) + (H + F) * (F + R)),
+        "ets": _ratio(H - hits_random, H + M + F - hits_random),
+        "frequency_bias": _ratio(H + F, H + M),
+    }
+
+
+def categorical(pred, obs, threshold, mask=None, strict=False):
+    """Contingency table and all categorical scores at one threshold (see categorical_scores).
+
+    Parameters as in contingency_table. Returns one dict with the four counts and the scores.
+    """
+    table = contingency_table(pred, obs, threshold, mask, strict)
+    return {**table, **categorical_scores(table)}
+
+
+# --------------------------------------------------------------------------- continuous
+def _valid_pairs(pred, obs, mask):
+    valid = valid_pixels(pred, obs, mask)
+    return (np.asarray(pred, dtype=np.float64)[valid], np.asarray(obs, dtype=np.float64)[valid])
+
+
+def mse(pred, obs, mask=None):
+    """Mean squared error over valid pixels, in units^2 (e.g. (mm/h)^2). NaN if none valid."""
+    p, o = _valid_pairs(pred, obs, mask)
+    return float(np.mean((p - o) ** 2)) if p.size else np.nan
+
+
+def rmse(pred, obs, mask=None):
+    """Root mean squared error over valid pixels, in the data's units."""
+    return float(np.sqrt(mse(pred, obs, mask)))
+
+
+def mae(pred, obs, mask=None):
+    """Mean absolute error over valid pixels, in the data's units."""
+    p, o = _valid_pairs(pred, obs, mask)
+    return float(np.mean(np.abs(p - o))) if p.size else np.nan
+
+
+def mean_error(pred, obs, mask=None):
+    """Bias: mean of (pred - obs) over valid pixels, data's units (> 0: forecast too high)."""
+    p, o = _valid_pairs(pred, obs, mask)
+    return float(np.mean(p - o)) if p.size else np.nan
+
+
+def pearson_r(pred, obs, mask=None):
+    """Pearson correlation of pred and obs over valid pixels; NaN if < 2 pixels or a constant field."""
+    p, o = _valid_pairs(pred, obs, mask)
+    if p.size < 2:
+        return np.nan
+    p, o = p - p.mean(), o - o.mean()
+    return float(_ratio(np.sum(p * o), np.sqrt(np.sum(p * p) * np.sum(o * o))))
+
+
+def pmse(pred, obs, mask=None, step_minutes=5):
+    """pMSE as SmaAt-UNet and SpaT-SparK report it: MSE per pixel of step accumulations.
+
+    SmaAt-UNet (calc_metrics_test_set.py) stores KNMI 5-minute accumulations divided by
+    47.83; it multiplies the network output back by 47.83 (mm per 5 min), sums the
+    squared errors over the test set and divides by the number of pixels ("mse_pixel"):
+    the mean squared error of the 5-minute accumulation in mm, per pixel. From rain
+    rates in mm/h that is MSE / (60 / step_minutes)^2.
+
+    Parameters
+    ----------
+    pred, obs : array_like (..., H, W), mm/h
+    step_minutes : float
+        Accumulation period of the published score (5 for NL-50).
+
+    Returns
+    -------
+    float
+        pMSE in (mm per step)^2.
+    """
+    return mse(pred, obs, mask) / (60.0 / step_minutes) ** 2
+
+
+def continuous_scores(pred, obs, mask=None):
+    """n (valid pixels), mse, rmse, mae, bias (mean pred - obs), corr (Pearson), mean_pred, mean_obs."""
+    p, o = _valid_pairs(pred, obs, mask)
+    if p.size == 0:
+        return {"n": 0, **{k: np.nan for k in ("mse", "rmse", "mae", "bias", "corr", "mean_pred",
+                                               "mean_obs")}}
+    error = p - o
+    return {"n": int(p.size), "mse": float(np.mean(error ** 2)),
+            "rmse": float(np.sqrt(np.mean(error ** 2))), "mae": float(np.mean(np.abs(error))),
+            "bias": float(np.mean(error)), "corr": pearson_r(p, o), "mean_pred": float(p.mean()),
+            "mean_obs": float(o.mean())}
+
+
+# --------------------------------------------------------------------------- spatial: FSS
+def _fraction_sums(pred, obs, valid, threshold, window):
+    """Sums of Sf^2, Sf*So, So^2 over all pixels, Sf/So = window-mean event fractions.
+
+    Invalid pixels are non-events in both fields (pysteps sets a NaN to a non-event);
+    the fractions use scipy's uniform_filter over the last two axes, mode "constant"
+    (zeros outside the domain), exactly as pysteps.verification.spatialscores.fss.
+    """
+    size = (1,) * (np.ndim(pred) - 2) + (int(window), int(window))
+    f = (events(pred, threshold) & valid).astype(np.float64)
+    o = (events(obs, threshold) & valid).astype(np.float64)
+    if window > 1:
+        f = ndimage.uniform_filter(f, size=size, mode="constant", cval=0.0)
+        o = ndimage.uniform_filter(o, size=size, mode="constant", cval=0.0)
+    return np.sum(f * f), np.sum(f * o), np.sum(o * o)
+
+
+def _fss_from_sums(sum_ff, sum_fo, sum_oo):
+    """FSS = 1 - sum (Sf - So)^2 / sum (Sf^2 + So^2); NaN where there is no event at all."""
+    sum_ff, sum_fo, sum_oo = (np.asarray(s, dtype=np.float64) for s in (sum_ff, sum_fo, sum_oo))
+    return 1.0 - _ratio(sum_ff - 2.0 * sum_fo + sum_oo, sum_ff + sum_oo)
+
+
+def fss(pred, obs, threshold, window, mask=None):
+    """Fractions skill score (Roberts and Lean 2008) at one threshold and window size.
+
+    Same definition as pysteps.verification.spatialscores.fss: binary event fields
+    (value >= threshold), fractions = mean over a window x window square (scipy
+    uniform_filter, mode "constant", zeros outside the domain), then
+    FSS = 1 - sum (Sf - So)^2 / sum (Sf^2 + So^2), the sums over every pixel of every
+    frame (a stack (..., H, W) is filtered frame by frame and pooled).
+
+    Parameters
+    ----------
+    pred, obs : array_like (..., H, W), e.g. mm/h
+    threshold : float
+        Event threshold (value >= threshold).
+    window : int
+        Side of the square neighbourhood, pixels (1 = pixel by pixel).
+    mask : array_like of bool, optional
+        Pixels outside the mask (and NaN pixels of either field) are non-events in
+        both fields; they still take part in the sums (as in pysteps, which turns a
+        NaN into a non-event), so the score matches pysteps on fields whose NaN
+        pixels coincide.
+
+    Returns
+    -------
+    float
+        FSS in [0, 1]; NaN when neither field has an event.
+    """
+    if np.ndim(pred) < 2:
+        raise ValueError(f"fss needs fields (..., H, W), got shape {np.shape(pred)}")
+    valid = valid_pixels(pred, obs, mask)
+    return float(_fss_from_sums(*_fraction_sums(pred, obs, valid, threshold, window)))
+
+
+# --------------------------------------------------------------------------- image and physical
+def psnr(pred, obs, data_range=None, mask=None):
+    """Peak signal-to-noise ratio, dB: 10 log10(data_range^2 / MSE) over valid pixels.
+
+    Parameters
+    ----------
+    data_range : float, optional
+        Range of the data (e.g. 1.0 for normalised fields, 100 for %). Default: max - min
+        of the valid observations.
+
+    Returns
+    -------
+    float
+        dB; inf for a perfect forecast, NaN with no valid pixel.
+    """
+    p, o = _valid_pairs(pred, obs, mask)
+    if p.size == 0:
+        return np.nan
+    if data_range is None:
+        data_range = float(o.max() - o.min())
+    error = float(np.mean((p - o) ** 2))
+    return np.inf if error == 0 else float(10.0 * np.log10(data_range ** 2 / error))
+
+
+def ssim(pred, obs, data_range=None, mask=None, sigma=1.5, truncate=3.5, k1=0.01, k2=0.03):
+    """Structural similarity index (Wang et al. 2004), Gaussian-weighted, mean over the field.
+
+    Local means, variances and covariance use a Gaussian window (sigma 1.5 pixels,
+    truncated at 3.5 sigma: 11 x 11); SSIM = (2 mu_p mu_o + C1)(2 cov + C2) /
+    ((mu_p^2 + mu_o^2 + C1)(var_p + var_o + C2)), C1 = (k1 L)^2, C2 = (k2 L)^2 with
+    L = data_range; variances with weights summing to one (no sample correction).
+    The map is averaged over the window centres whose whole window lies inside the
+    field and on valid pixels (finite in both, mask True); for a field without NaN
+    this is the definition of skimage's structural_similarity(gaussian_weights=True,
+    sigma=1.5, use_sample_covariance=False) with its border crop (tested against a
+    brute-force loop, not against skimage, which is not a dependency). A stack
+    (..., H, W) is treated frame by frame and the maps pooled.
+
+    Parameters
+    ----------
+    pred, obs : array_like (..., H, W)
+    data_range : float, optional
+        L above; default max - min of the valid observations.
+
+    Returns
+    -------
+    float
+        SSIM in [-1, 1]; NaN when no window fits on valid pixels.
+    """
+    pred, obs = np.asarray(pred, dtype=np.float64), np.asarray(obs, dtype=np.float64)
+    if pred.ndim < 2:
+        raise ValueError(f"ssim needs fields (..., H, W), got shape {pred.shape}")
+    valid = valid_pixels(pred, obs, mask)
+    if not valid.any():
+        return np.nan
+    if data_range is None:
+        data_range = float(obs[valid].max() - obs[valid].min())
+    radius = int(truncate * sigma + 0.5)
+    lead = pred.ndim - 2
+    structure = np.ones((1,) * lead + (2 * radius + 1, 2 * radius + 1), dtype=bool)
+    centres = ndimage.binary_erosion(valid, structure=structure, border_value=0)
+    if not centres.any():
+        return np.nan
+    p, o = np.where(valid, pred, 0.0), np.where(valid, obs, 0.0)
+    sigmas = (0,) * lead + (sigma, sigma)
+
+    def blur(x):
+        return ndimage.gaussian_filter(x, sigmas, mode="reflect", truncate=truncate)
+
+    mu_p, mu_o = blur(p), blur(o)
+    var_p = blur(p * p) - mu_p ** 2
+    var_o = blur(o * o) - mu_o ** 2
+    cov = blur(p * o) - mu_p * mu_o
+    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
+    ssim_map = ((2 * mu_p * mu_o + c1) * (2 * cov + c2)
+                / ((mu_p ** 2 + mu_o ** 2 + c1) * (var_p + var_o + c2)))
+    return float(ssim_map[centres].mean())
+
+
+def negative_count(pred, mask=None):
+    """Number of finite forecast pixels below zero (inside mask): 0 for a physical rain field."""
+    pred = np.asarray(pred)
+    negative = np.isfinite(pred) & (pred < 0)
+    if mask is not None:
+        negative &= np.broadcast_to(np.asarray(mask, dtype=bool), pred.shape)
+    return int(np.count_nonzero(negative))
+
+
+def mass_violation(pred, obs, mask=None, block=None):
+    """Mean absolute error of block means: how far the forecast breaks the observed total.
+
+    Each frame (last two axes) is cut into non-overlapping block x block squares
+    (block=None: the whole frame, i.e. the domain-mean rain rate); in every square
+    the mean of pred and the mean of obs over the valid pixels are compared, and the
+    absolute differences are averaged over all squares with a valid pixel. Units are
+    the data's (mm/h: error of the areal-mean rate; times the area and the duration
+    gives a water volume). Rows/columns that do not fill a whole block are left out.
+
+    For a super-resolution check against the low-resolution input `lr` (h, w), as in
+    seed 003's "mass violation" (each k x k high-resolution square must average to its
+    low-resolution pixel), pass obs = np.repeat(np.repeat(lr, k, -2), k, -1), block=k.
+
+    Returns
+    -------
+    float
+        Mean |block mean(pred) - block mean(obs)|, data's units; NaN with no valid pixel.
+    """
+    pred, obs = np.asarray(pred, dtype=np.float64), np.asarray(obs, dtype=np.float64)
+    valid = valid_pixels(pred, obs, mask)
+    H, W = pred.shape[-2:]
+    by, bx = (H, W) if block is None else (int(block), int(block))
+    ny, nx = H // by, W // bx
+    shape = pred.shape[:-2] + (ny, by, nx, bx)
+
+    def block_sums(x):
+        return x[..., :ny * by, :nx * bx].reshape(shape).sum(axis=(-3, -1))
+
+    counts = block_sums(valid.astype(np.float64))
+    difference = block_sums(np.where(valid, pred - obs, 0.0))
+    used = counts > 0
+    if not used.any():
+        return np.nan
+    return float(np.mean(np.abs(difference[used] / counts[used])))
+
+
+# --------------------------------------------------------------------------- probabilistic
+def crps_ensemble(ensemble, obs, mask=None, member_axis=0, fair=False):
+    """Continuous ranked probability score of an ensemble, mean over valid pixels.
+
+    Energy (kernel) form with m members x_1..x_m and observation y:
+
+        CRPS = mean_i |x_i - y| - 1 / (2 m^2) sum_i sum_j |x_i - x_j|      (standard)
+        fair:  the second term uses 1 / (2 m (m - 1))  (unbiased for the ensemble's
+               parent distribution; Ferro 2014)
+
+    The standard form equals the integral of (F_ens(x) - 1{x >= y})^2 over x with
+    F_ens the ensemble's empirical CDF (pysteps' CRPS, Hersbach 2000). With one member
+    both forms reduce to |x_1 - y|: the CRPS of a deterministic forecast is its MAE.
+    The double sum is computed from sorted members in O(m log m).
+
+    Parameters
+    ----------
+    ensemble : array_like
+        obs.shape with a members axis inserted at member_axis, e.g. (M, ..., H, W).
+    obs : array_like (..., H, W)
+    mask : array_like of bool, optional
+        Broadcastable to obs. A pixel counts when obs and all members are finite.
+    member_axis : int
+    fair : bool
+        Fair (unbiased) form instead of the standard one.
+
+    Returns
+    -------
+    float
+        CRPS in the data's units; NaN with no valid pixel.
+    """
+    members = np.moveaxis(np.asarray(ensemble, dtype=np.float64), member_axis, 0)
+    obs = np.asarray(obs, dtype=np.float64)
+    if members.shape[1:] != obs.shape:
+        raise ValueError(f"ensemble shape {np.shape(ensemble)} (members on axis {member_axis}) "
+                         f"does not match obs shape {obs.shape}")
+    valid = np.isfinite(obs) & np.all(np.isfinite(members), axis=0)
+    if mask is not None:
+        valid &= np.broadcast_to(np.asarray(mask, dtype=bool), obs.shape)
+    x, y = members[:, valid], obs[valid]
+    if y.size == 0:
+        return np.nan
+    m = x.shape[0]
+    skill = np.mean(np.abs(x - y), axis=0)
+    x = np.sort(x, axis=0)
+    rank_weight = (2.0 * np.arange(m) - m + 1)[:, None]
+    pair_sum = 2.0 * np.sum(rank_weight * x, axis=0)  # sum_i sum_j |x_i - x_j|
+    spread = pair_sum / (2.0 * m * (m - 1)) if (fair and m > 1) else pair_sum / (2.0 * m * m)
+    return float(np.mean(skill - spread))
+
+
+# --------------------------------------------------------------------------- sea ice
+def _ocean(pred, obs, land_mask, threshold):
+    """Valid ocean pixels; refuses %-valued fields with a fraction threshold."""
+    ocean = None if land_mask is None else ~np.asarray(land_mask, dtype=bool)
+    valid = valid_pixels(pred, obs, ocean)
+    if threshold <= 1.0 and valid.any() and np.max(np.asarray(obs)[valid]) > 1.5:
+        raise ValueError(f"sea-ice concentration up to {np.max(np.asarray(obs)[valid]):.1f} "
+                         f"looks like %, but the ice threshold {threshold} is a fraction: "
+                         "pass threshold=15.0 for % fields")
+    return valid
+
+
+def sea_ice_scores(pred, obs, land_mask=None, threshold=ICE_EDGE_FRACTION, pixel_area_km2=3.125 ** 2):
+    """Sea-ice scores over ocean pixels: rmse, mae, binary accuracy, mean IIEE.
+
+    Parameters
+    ----------
+    pred, obs : array_like (..., H, W)
+        Sea-ice concentration, fraction (0..1) by default; for % pass threshold=15.0.
+    land_mask : array_like of bool (H, W), optional
+        True = land (create_mask.py's mask); land pixels are left out.
+    threshold : float
+        Ice edge: ice where concentration >= threshold (0.15 = 15 %).
+    pixel_area_km2 : float
+        Area of one grid cell, km^2 (3.125 km grid: 3.125**2).
+
+    Returns
+    -------
+    dict
+        rmse, mae (data's units, ocean only), binary_accuracy (fraction of ocean pixels on
+        the right side of the ice edge), iiee_km2, overestimate_km2, underestimate_km2
+        (means over frames, see iiee).
+    """
+    valid = _ocean(pred, obs, land_mask, threshold)
+    p, o = np.asarray(pred, dtype=np.float64)[valid], np.asarray(obs, dtype=np.float64)[valid]
+    edge = iiee(pred, obs, pixel_area_km2, land_mask, threshold)
+    scores = {"rmse": float(np.sqrt(np.mean((p - o) ** 2))) if p.size else np.nan,
+              "mae": float(np.mean(np.abs(p - o))) if p.size else np.nan,
+              "binary_accuracy": ice_binary_accuracy(pred, obs, land_mask, threshold)}
+    scores.update({key: float(np.mean(value)) for key, value in edge.items()})
+    return scores
+
+
+def ice_binary_accuracy(pred, obs, land_mask=None, threshold=ICE_EDGE_FRACTION):
+    """Fraction of valid ocean pixels where pred and obs agree on ice (>= threshold) or no ice."""
+    valid = _ocean(pred, obs, land_mask, threshold)
+    agree = events(pred, threshold) == events(obs, threshold)
+    return float(_ratio(np.count_nonzero(agree & valid), np.count_nonzero(valid)))
+
+
+def iiee(pred, obs, pixel_area_km2, land_mask=None, threshold=ICE_EDGE_FRACTION):
+    """Integrated ice-edge error (Goessling et al. 2016), km^2, per frame.
+
+    IIEE = O + U, where O (overestimate) is the area forecast as ice (concentration
+    >= threshold) but observed as open water, and U (underestimate) the area observed
+    as ice but forecast as open water, counted over valid ocean pixels and multiplied
+    by the pixel area.
+
+    Parameters
+    ----------
+    pred, obs : array_like (..., H, W)
+        Concentration, fraction (or % with threshold=15.0).
+    pixel_area_km2 : float
+        Area of one grid cell, km^2 (3.125 km grid: 3.125**2 = 9.765625).
+    land_mask : array_like of bool (H, W), optional
+        True = land, left out.
+
+    Returns
+    -------
+    dict
+        iiee_km2, overestimate_km2, underestimate_km2: float for one (H, W) frame,
+        else arrays shaped like the leading axes (one value per frame).
+    """
+    valid = _ocean(pred, obs, land_mask, threshold)
+    forecast_ice = events(pred, threshold) & valid
+    observed_ice = events(obs, threshold) & valid
+    over = np.count_nonzero(forecast_ice & ~observed_ice, axis=(-2, -1)) * float(pixel_area_km2)
+    under = np.count_nonzero(observed_ice & ~forecast_ice, axis=(-2, -1)) * float(pixel_area_km2)
+    as_out = float if np.ndim(over) == 0 else np.asarray
+    return {"iiee_km2": as_out(over + under), "overestimate_km2": as_out(over),
+            "underestimate_km2": as_out(under)}
+
+
+# --------------------------------------------------------------------------- accumulators
+class ContingencyAccumulator:
+    """Contingency tables summed over batches, per threshold (and per lead time).
+
+    Parameters
+    ----------
+    thresholds : sequence of float
+        Event thresholds (value >= threshold), data's units (mm/h).
+    lead_axis : int, optional
+        Axis of pred/obs that holds the lead time (e.g. -3 for (B, T_out, H, W)):
+        one table per lead. None: one table over everything.
+    strict : bool
+        Events are value > threshold (pysteps det_cat_fct / SmaAt-UNet).
+
+    Attributes
+    ----------
+    table : ndarray of int64, (4, n_thresholds[, n_leads])
+        hits, misses, false_alarms, correct_negatives (None before the first update).
+    """
+
+    def __init__(self, thresholds, lead_axis=None, strict=False):
+        self.thresholds = [float(t) for t in np.atleast_1d(thresholds)]
+        self.lead_axis, self.strict, self.table = lead_axis, strict, None
+
+    def update(self, pred, obs, mask=None):
+        """Add one batch. pred, obs: same shape; mask: bool, broadcastable, True = counts."""
+        valid = _lead_first(valid_pixels(pred, obs, mask), self.lead_axis)
+        pred, obs = _lead_first(pred, self.lead_axis), _lead_first(obs, self.lead_axis)
+        n_leads = valid.shape[0]
+        valid, pred, obs = (x.reshape(n_leads, -1) for x in (valid, pred, obs))
+        table = np.zeros((4, len(self.thresholds), n_leads), dtype=np.int64)
+        n_valid = np.count_nonzero(valid, axis=1)
+        for i, threshold in enumerate(self.thresholds):
+            forecast = events(pred, threshold, self.strict) & valid
+            observed = events(obs, threshold, self.strict) & valid
+            hits = np.count_nonzero(forecast & observed, axis=1)
+            misses = np.count_nonzero(observed, axis=1) - hits
+            false_alarms = np.count_nonzero(forecast, axis=1) - hits
+            table[:, i] = hits, misses, false_alarms, n_valid - hits - misses - false_alarms
+        if self.lead_axis is None:
+            table = table[..., 0]
+        self._add(table)
+
+    def _add(self, table):
+        if self.table is None:
+            self.table = table.copy()
+        elif self.table.shape != table.shape:
+            raise ValueError(f"batch table shape {table.shape} differs from {self.table.shape} "
+                             "(different number of lead times?)")
+        else:
+            self.table += table
+
+    def merge(self, other):
+        """Add another accumulator's tables (same thresholds) to this one."""
+        if other.thresholds != self.thresholds:
+            raise ValueError("cannot merge accumulators with different thresholds")
+        if other.table is not None:
+            self._add(other.table)
+        return self
+
+    def scores(self):
+        """dict: the four counts and every categorical score, arrays (n_thresholds[, n_leads])."""
+        if self.table is None:
+            raise ValueError("no data: call update() first")
+        table = dict(zip(TABLE_KEYS, self.table.copy()))
+        return {**table, **categorical_scores(table)}
+
+
+class ContinuousAccumulator:
+    """Sums for MSE, RMSE, MAE, bias and Pearson correlation over batches (per lead time).
+
+    Keeps n, sum e, sum e^2, sum |e| (e = pred - obs) and, for the correlation, the
+    sums of p, o, p^2, o^2, p*o with p and o shifted by the first batch's means
+    (shifting leaves the correlation unchanged and avoids cancellation).
+
+    Parameters
+    ----------
+    lead_axis : int, optional
+        Axis holding the lead time (one set of sums per lead); None: one set.
+    step_minutes : float, optional
+        If given, scores() also returns pmse (see pmse) for rain rates in mm/h.
+    """
+
+    SUMS = ("n", "e", "e2", "abs_e", "p", "o", "pp", "oo", "po")
+
+    def __init__(self, lead_axis=None, step_minutes=None):
+        self.lead_axis, self.step_minutes = lead_axis, step_minutes
+        self.sums, self.shift = None, None
+
+    def update(self, pred, obs, mask=None):
+        """Add one batch. pred, obs: same shape; mask: bool, broadcastable, True = counts."""
+        valid = _lead_first(valid_pixels(pred, obs, mask), self.lead_axis)
+        n_leads = valid.shape[0]
+        valid = valid.reshape(n_leads, -1)
+        pred = _lead_first(np.asarray(pred, dtype=np.float64), self.lead_axis).reshape(n_leads, -1)
+        obs = _lead_first(np.asarray(obs, dtype=np.float64), self.lead_axis).reshape(n_leads, -1)
+        if self.shift is None:
+            self.shift = ((float(pred[valid].mean()), float(obs[valid].mean())) if valid.any()
+                          else (0.0, 0.0))
+        p = np.where(valid, pred - self.shift[0], 0.0)
+        o = np.where(valid, obs - self.shift[1], 0.0)
+        e = np.where(valid, pred - obs, 0.0)
+        sums = np.stack([valid.sum(axis=1), e.sum(axis=1), (e * e).sum(axis=1),
+                         np.abs(e).sum(axis=1), p.sum(axis=1), o.sum(axis=1),
+                         (p * p).sum(axis=1), (o * o).sum(axis=1), (p * o).sum(axis=1)])
+        if self.lead_axis is None:
+            sums = sums[:, 0]
+        if self.sums is None:
+            self.sums = sums
+        elif self.sums.shape != sums.shape:
+            raise ValueError(f"batch sums shape {sums.shape} differs from {self.sums.shape}")
+        else:
+            self.sums += sums
+
+    def scores(self):
+        """dict: n, mse, rmse, mae, bias, corr, mean_pred, mean_obs [, pmse]: floats or (n_leads,)."""
+        if self.sums is None:
+            raise ValueError("no data: call update() first")
+        s = dict(zip(self.SUMS, self.sums))
+        n = s["n"]
+        mse_value = _ratio(s["e2"], n)
+        cov = s["po"] - _ratio(s["p"] * s["o"], n)
+        var_p = s["pp"] - _ratio(s["p"] ** 2, n)
+        var_o = s["oo"] - _ratio(s["o"] ** 2, n)
+        corr = _ratio(cov, np.sqrt(np.clip(var_p * var_o, 0, None)))
+        corr = np.where(n >= 2, corr, np.nan)
+        scores = {"n": n.astype(np.int64) if np.ndim(n) else int(n), "mse": mse_value,
+                  "rmse": np.sqrt(mse_value), "mae": _ratio(s["abs_e"], n), "bias": _ratio(s["e"], n),
+                  "corr": corr if np.ndim(corr) else float(corr),
+                  "mean_pred": _ratio(s["p"], n) + self.shift[0],
+                  "mean_obs": _ratio(s["o"], n) + self.shift[1]}
+        if self.step_minutes is not None:
+            scores["pmse"] = mse_value / (60.0 / self.step_minutes) ** 2
+        return scores
+
+
+class FSSAccumulator:
+    """Fractions-skill-score sums over batches, per threshold, window (and lead time).
+
+    For every (threshold, window) keeps sum Sf^2, sum Sf*So and sum So^2 over all
+    pixels of all frames (see fss), so the FSS of the whole set is exact; this is
+    pysteps' fss_accum / fss_merge bookkeeping.
+
+    Parameters
+    ----------
+    thresholds : sequence of float
+        Event thresholds (value >= threshold).
+    windows : sequence of int
+        Square window sides, pixels.
+    lead_axis : int, optional
+        Axis holding the lead time (not one of the last two, spatial, axes).
+    """
+
+    def __init__(self, thresholds, windows, lead_axis=None):
+        self.thresholds = [float(t) for t in np.atleast_1d(thresholds)]
+        self.windows = [int(w) for w in np.atleast_1d(windows)]
+        self.lead_axis, self.sums = lead_axis, None
+
+    def update(self, pred, obs, mask=None):
+        """Add one batch of fields (..., H, W). mask: bool, broadcastable, True = counts."""
+        ndim = np.ndim(pred)
+        if ndim < 2 or (self.lead_axis is not None and self.lead_axis % ndim >= ndim - 2):
+            raise ValueError(f"FSS needs fields (..., H, W) with the lead axis before the spatial "
+                             f"axes; got shape {np.shape(pred)}, lead_axis {self.lead_axis}")
+        valid = _lead_first(valid_pixels(pred, obs, mask), self.lead_axis)
+        pred, obs = _lead_first(pred, self.lead_axis), _lead_first(obs, self.lead_axis)
+        n_leads = valid.shape[0]
+        sums = np.zeros((3, len(self.thresholds), len(self.windows), n_leads))
+        for lead in range(n_leads):
+            for i, threshold in enumerate(self.thresholds):
+                for j, window in enumerate(self.windows):
+                    sums[:, i, j, lead] = _fraction_sums(pred[lead], obs[lead], valid[lead],
+                                                         threshold, window)
+        if self.lead_axis is None:
+            sums = sums[..., 0]
+        if self.sums is None:
+            self.sums = sums
+        elif self.sums.shape != sums.shape:
+            raise ValueError(f"batch sums shape {sums.shape} differs from {self.sums.shape}")
+        else:
+            self.sums += sums
+
+    def scores(self):
+        """dict: fss, array (n_thresholds, n_windows[, n_leads]); NaN where no event at all."""
+        if self.sums is None:
+            raise ValueError("no data: call update() first")
+        return {"fss": _fss_from_sums(*self.sums)}
