@@ -46,38 +46,55 @@ def demo_params(out):
     params = config.load_params(os.path.join(ROOT, "params.json"))
     params["paths"].update(raw_dataset=f"{out}/raw_dataset", processed_data=f"{out}/processed_data",
                            sea_ice_data=f"{out}/asi", checkpoints=f"{out}/checkpoints", outputs=out)
-    params["data"].update(patch_size=64, lead_steps=6, input_steps=6, output_steps=1)
-    params["training"].update(epochs=3, steps_per_epoch=20, val_steps=5, batch_size=4, num_workers=0)
+    params["data"].update(patch_size=64, input_steps=6, lead_steps=1, output_steps=6)  # 5 .. 30 min ahead
+    params["training"].update(epochs=8, steps_per_epoch=40, val_steps=5, batch_size=8, num_workers=0)
     path = os.path.join(ROOT, out, "params.json")
     with open(path, "w") as fh:
         json.dump(config.validate(params), fh, indent=2)
     return os.path.relpath(path, ROOT)
 
 
+def middle_forecast_time(store_path, params):
+    """YYYYmmddHHMM of a forecast time in the middle of a processed case whose targets were observed."""
+    import datetime as dt
+
+    import zarr
+    from preproc import EPOCH, sample_starts
+    data = params["data"]
+    store = zarr.open_group(store_path, mode="r")
+    starts = sample_starts(store["valid"][:], data["input_steps"], data["lead_steps"], data["output_steps"])
+    t0 = int(starts[len(starts) // 2]) + data["input_steps"] - 1
+    return f"{EPOCH + dt.timedelta(minutes=int(store['time'][t0])):%Y%m%d%H%M}"
+
+
 def summarize(out, log, seconds):
+    """The commands run, then what each top-level folder of `out` holds."""
     print("\n== demo summary")
     for shown, status, took in log:
         print(f"  {status:>8} {took:6.1f}s  {shown[:110]}")
+    root = os.path.join(ROOT, out)
     print(f"\nwrote under {out}/:")
-    for folder, dirs, files in sorted(os.walk(os.path.join(ROOT, out))):
-        dirs[:] = sorted(d for d in dirs if not d.endswith(".zarr"))
-        rel = os.path.relpath(folder, ROOT)
-        stores = [d for d in os.listdir(folder) if d.endswith(".zarr")]
-        shown = [f for f in sorted(files) if not f.endswith(".nc") or "asi-AMSR2" not in f]
-        n_days = len(files) - len(shown)
-        if shown or stores or n_days:
-            extra = f" + {n_days} daily ASI files" if n_days else ""
-            extra += f" + {len(stores)} zarr stores" if stores else ""
-            print(f"  {rel}/: {', '.join(shown[:8])}{' ...' if len(shown) > 8 else ''}{extra}")
-    print(f"demo finished in {seconds:.0f} s")
+    for name in sorted(os.listdir(root)):
+        path = os.path.join(root, name)
+        if os.path.isfile(path):
+            print(f"  {name:<34} {os.path.getsize(path) / 1e6:8.1f} MB")
+            continue
+        files = [os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs]
+        size = sum(os.path.getsize(f) for f in files) / 1e6
+        shown = sorted(os.path.relpath(f, path) for f in files
+                       if f.endswith((".png", ".json", ".csv", ".pt")) and ".zarr" not in f)
+        listing = f": {', '.join(shown[:8])}{' ...' if len(shown) > 8 else ''}" if shown else ""
+        print(f"  {name + '/':<34} {size:8.1f} MB in {len(files)} files{listing}")
+    print(f"demo finished in {seconds:.0f} s; open the PNGs under {out}/plots and {out}/eval")
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="outputs/demo", help="output folder (default: outputs/demo)")
-    parser.add_argument("--days", type=int, default=20, help="days of sea-ice data (default: 20)")
-    parser.add_argument("--size", default="896x608",
-                        help="sea-ice grid ROWSxCOLS on the n3125 extent (default: 896x608, 12.5 km)")
+    parser.add_argument("--days", type=int, default=30, help="days of sea-ice data (default: 30, April 2024)")
+    parser.add_argument("--size", default="3584x2432",
+                        help="sea-ice grid ROWSxCOLS on the n3125 extent (default: the full 3584x2432 n3125 grid; "
+                             "896x608 for a quick run)")
     args = parser.parse_args(argv)
     start_time = time.time()
     out, py, log = args.out.rstrip("/"), sys.executable, []
@@ -111,8 +128,10 @@ def main(argv=None):
          "--end_date", end, "--output_file", consolidated, "--land_mask_file", mask], log)
     run([py, "get_dims.py", "--source_dir", asi], log)
     plots = f"{out}/plots"
+    n_y, n_x = generate_data.parse_shape(args.size)
+    roi = [str(v) for v in (n_y * 5 // 8, n_y * 5 // 8 + n_y // 8, n_x * 3 // 8, n_x * 3 // 8 + n_x // 6)]
     run([py, "find_several_data_in_target_area.py", "--source_dir", asi, "--start_date", start,
-         "--end_date", end, "--ymin", "300", "--ymax", "400", "--xmin", "200", "--xmax", "300",
+         "--end_date", end, "--ymin", roi[0], "--ymax", roi[1], "--xmin", roi[2], "--xmax", roi[3],
          "--output_file", f"{plots}/roi.png"], log)
     run([py, "visualization.py", "--input_file", day_file, "--output_file", f"{plots}/sic_{day}.png"], log)
     run([py, "visualize_mask.py", "--input_file", mask, "--output_file", f"{plots}/land_mask.png"], log)
@@ -125,7 +144,16 @@ def main(argv=None):
          "--size", "96x96", "--steps", "60"], log)
     run([py, "preproc.py", "--config", cfg], log)
     if run([py, "training.py", "--config", cfg], log):
+        run([py, "visualization.py", "--config", cfg, "--train_log", f"{out}/train_log.csv",
+             "--output_file", f"{plots}/train_curves.png"], log)
         run([py, "evaluate.py", "--config", cfg, "--checkpoint", f"{out}/checkpoints/best.pt"], log)
+        with open(os.path.join(ROOT, out, "processed_data", "stats.json")) as fh:
+            test_case = json.load(fh)["split"]["test"][0]
+        t0 = middle_forecast_time(os.path.join(ROOT, out, "processed_data", "test", f"{test_case}.zarr"),
+                                  config.load_params(os.path.join(ROOT, cfg)))
+        run([py, "evaluate.py", "--config", cfg, "--checkpoint", f"{out}/checkpoints/best.pt",
+             "--predict", f"{out}/raw_dataset/{test_case}", "--t0", t0,
+             "--output", f"{out}/forecasts/{test_case}_{t0}.nc"], log)
     summarize(out, log, time.time() - start_time)
     return 0
 

@@ -1,0 +1,335 @@
+"""Verify a trained nowcasting model against persistence and optical-flow extrapolation.
+
+    python evaluate.py [--config params.json] --checkpoint CKPT [--split test]
+                       [--methods model,persistence,extrapolation]
+    python evaluate.py [--config params.json] --checkpoint CKPT --predict RAW_CASE_DIR [--output F.nc|F.zarr]
+
+Scoring: every method forecasts every valid window of the split (all forecast start
+times t0 of every <processed_data>/<split>/<case>.zarr; full frames), in physical units
+(mm/h, the inverse of the normalisation in the checkpoint's stats), and is scored where the
+target has coverage. Scores are exact over the whole split (contingency tables and sums are
+accumulated, metrics.py), per lead time:
+  categorical at evaluation.thresholds (event: value >= threshold, mm/h): csi, pod, far, hss,
+  ets, frequency_bias, accuracy, precision, f1; continuous: mse, mae, rmse, bias (mean error),
+  corr, pmse (metrics.pmse); FSS at evaluation.thresholds x evaluation.fss_windows.
+Writes <paths.outputs>/eval/<split>/metrics.json:
+  {"thresholds": [...], "lead_minutes": [...], "fss_windows": [...], "split", "n_windows",
+   "methods": {method: {"csi": {"1.0": [per lead]}, ..., "fss": {"1.0": {"5": [per lead]}},
+                        "mse": [per lead], "mae": [per lead], ...}}}
+(threshold keys are str(float(t))), table.csv (one row per method and threshold, scores
+averaged over the leads, as seed 004's table) and verification plots (one PNG per score).
+
+Prediction (--predict): the raw case is placed on the time axis, gap-filled and normalised
+with the checkpoint's stats (preproc.py's steps, no new statistics), the model forecasts from
+the last valid input window (or --t0), and the forecast is written as NetCDF or Zarr
+(rain_rate (lead, y, x) in mm/h, valid times, t0) with a PNG of forecast panels.
+"""
+import argparse
+import csv
+import datetime as dt
+import json
+import os
+import shutil
+import tempfile
+
+import numpy as np
+import torch
+import zarr
+from tqdm import tqdm
+
+import baselines
+import config
+import metrics
+from config import UserError
+from model import build_model
+from preproc import EPOCH, denormalize, denormalize_target, sample_starts, scan_case, write_case
+from training import load_checkpoint, pick_device
+
+CATEGORICAL = ("csi", "pod", "far", "hss", "ets", "frequency_bias", "accuracy", "precision", "f1")
+CONTINUOUS = ("mse", "mae", "rmse", "bias", "corr", "pmse")
+PLOTTED = ("csi", "pod", "far", "hss", "fss", "mse", "mae")
+TABLE_COLUMNS = ("pmse", "accuracy", "precision", "recall", "f1", "csi", "far", "hss", "mse", "mae")
+
+
+# --------------------------------------------------------------------------- forecasters
+class Forecaster:
+    """Runs the model and the baselines on one window; every output in mm/h, (T_out, H, W)."""
+
+    def __init__(self, model, stats, params, device):
+        self.model, self.stats, self.device = model, stats, device
+        data = params["data"]
+        self.leads = [data["lead_steps"] + k for k in range(data["output_steps"])]  # steps after t0
+        target = stats["target"]
+        pairs = list(zip(stats["sources"], stats["channels"]))
+        key = (target["source"], target["channel"])
+        self.target_channel = pairs.index(key) if key in pairs else None
+
+    def last_target_frames(self, x):
+        """The target channel of the inputs in mm/h, (T_in, H, W); None if the target is no input."""
+        if self.target_channel is None:
+            return None
+        c, s = self.target_channel, self.stats
+        return denormalize(x[:, c], s["min"][c], s["max"][c], s["transform"][c])
+
+    @torch.no_grad()
+    def model_forecast(self, x):
+        """x: normalised inputs (B, T_in, C, H, W) numpy -> (B, T_out, H, W) mm/h."""
+        pred = self.model(torch.from_numpy(x).to(self.device)).float()[:, :, 0]
+        return denormalize_target(pred, self.stats).cpu().numpy()
+
+    def baseline(self, name, x):
+        frames = self.last_target_frames(x)
+        if frames is None:
+            raise UserError(f"--methods {name}: the target {self.stats['target']['channel']!r} is not an input "
+                            f"channel, so {name} has no past frames to extrapolate")
+        if name == "persistence":
+            return baselines.persistence(frames, self.leads)
+        return baselines.extrapolation(frames, self.leads, fill_value=0.0)
+
+
+def load_model(checkpoint, params, device):
+    state = load_checkpoint(checkpoint, device)
+    for key in ("model", "stats"):
+        if key not in state:
+            raise UserError(f"{checkpoint}: not a training.py checkpoint (no {key!r})")
+    if state["stats"] is None:
+        raise UserError(f"{checkpoint}: a sea-ice checkpoint; evaluate.py scores nowcasting models "
+                        "(training.py writes the sea-ice test scores to test_metrics.json)")
+    ckpt_params = state["params"]
+    model = build_model(ckpt_params, len(state["stats"]["channels"])).to(device)
+    model.load_state_dict(state["model"])
+    model.eval()
+    data_keys = ("input_steps", "lead_steps", "output_steps")
+    trained = ", ".join(f"data.{k}={ckpt_params['data'][k]}" for k in data_keys)
+    wanted = ", ".join(f"data.{k}={params['data'][k]}" for k in data_keys)
+    if trained != wanted:
+        raise UserError(f"{checkpoint}: trained with {trained}, but the config has {wanted}")
+    return model, state["stats"]
+
+
+# --------------------------------------------------------------------------- scoring
+def score_split(forecaster, params, split, methods, batch_size):
+    """Accumulate every method's scores over every window of <processed_data>/<split>."""
+    data, evaluation = params["data"], params["evaluation"]
+    folder = os.path.join(params["paths"]["processed_data"], split)
+    stores = sorted(n for n in os.listdir(folder) if n.endswith(".zarr")) if os.path.isdir(folder) else []
+    if not stores:
+        raise UserError(f"{folder}: no .zarr stores (run preproc.py, or pick another --split)")
+    acc = {m: (metrics.ContingencyAccumulator(evaluation["thresholds"], lead_axis=0),
+               metrics.ContinuousAccumulator(lead_axis=0, step_minutes=data["time_step_minutes"]),
+               metrics.FSSAccumulator(evaluation["thresholds"], evaluation["fss_windows"], lead_axis=0))
+           for m in methods}
+    n_windows = 0
+    for name in tqdm(stores, desc=f"evaluate {split}", unit="case"):
+        store = zarr.open_group(os.path.join(folder, name), mode="r")
+        starts = sample_starts(store["valid"][:], data["input_steps"], data["lead_steps"], data["output_steps"])
+        for first in range(0, len(starts), batch_size):
+            batch = starts[first:first + batch_size]
+            x = np.stack([store["inputs"][s:s + data["input_steps"]] for s in batch])
+            t_first = [s + data["input_steps"] - 1 + data["lead_steps"] for s in batch]
+            obs = denormalize_target(np.stack([store["target"][t:t + data["output_steps"]] for t in t_first]),
+                                     forecaster.stats)
+            cover = np.stack([store["coverage"][t:t + data["output_steps"]] for t in t_first])
+            forecasts = {}
+            if "model" in methods:
+                forecasts["model"] = forecaster.model_forecast(x)
+            for method in methods:
+                if method != "model":
+                    forecasts[method] = np.stack([forecaster.baseline(method, xi) for xi in x])
+            for method, fc in forecasts.items():
+                for i in range(len(batch)):  # per window: (T_out, H, W), lead axis 0
+                    for accumulator in acc[method]:
+                        accumulator.update(fc[i], obs[i], cover[i])
+            n_windows += len(batch)
+    if n_windows == 0:
+        raise UserError(f"{folder}: no valid window (input_steps + lead_steps + output_steps longer than the cases?)")
+    return acc, n_windows
+
+
+def metrics_report(acc, params, split, n_windows, lead_minutes):
+    evaluation = params["evaluation"]
+    keys = [str(float(t)) for t in evaluation["thresholds"]]
+    report = {"thresholds": [float(t) for t in evaluation["thresholds"]], "lead_minutes": lead_minutes,
+              "fss_windows": list(evaluation["fss_windows"]), "split": split, "n_windows": n_windows,
+              "methods": {}}
+    for method, (cat_acc, cont_acc, fss_acc) in acc.items():
+        cat, cont, fss = cat_acc.scores(), cont_acc.scores(), fss_acc.scores()["fss"]
+        scores = {s: {k: _listed(cat[s][i]) for i, k in enumerate(keys)} for s in CATEGORICAL}
+        scores["fss"] = {k: {str(w): _listed(fss[i, j]) for j, w in enumerate(evaluation["fss_windows"])}
+                         for i, k in enumerate(keys)}
+        scores.update({s: _listed(cont[s]) for s in CONTINUOUS})
+        report["methods"][method] = scores
+    return report
+
+
+def _listed(values):
+    """Per-lead list of floats, NaN written as null (JSON has no NaN)."""
+    return [None if not np.isfinite(v) else float(v) for v in np.atleast_1d(np.asarray(values, dtype=float))]
+
+
+def _mean(values):
+    finite = [v for v in values if v is not None]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def table_rows(report):
+    """One row per method and threshold, every score averaged over the lead times (seed 004's table)."""
+    rows = []
+    for method, scores in report["methods"].items():
+        for key in (str(float(t)) for t in report["thresholds"]):
+            row = {"method": method, "threshold_mm_h": key}
+            for column in TABLE_COLUMNS:
+                source = "pod" if column == "recall" else column
+                values = scores[source][key] if isinstance(scores[source], dict) else scores[source]
+                row[column] = _mean(values)
+            rows.append(row)
+    return rows
+
+
+def write_outputs(report, out_dir):
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "metrics.json")
+    with open(path + ".tmp", "w") as fh:
+        json.dump(report, fh, indent=1)
+    os.replace(path + ".tmp", path)
+    rows = table_rows(report)
+    table = os.path.join(out_dir, "table.csv")
+    with open(table + ".tmp", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["method", "threshold_mm_h", *TABLE_COLUMNS])
+        writer.writeheader()
+        writer.writerows({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()} for row in rows)
+    os.replace(table + ".tmp", table)
+    plots = []
+    try:
+        import plotting
+    except ImportError:  # the plots are an extra; the scores are written either way
+        plotting = None
+    if plotting is not None:
+        for score in PLOTTED:
+            plots.append(plotting.plot_verification(report, score, os.path.join(out_dir, f"{score}.png"),
+                                                    title=f"{score.upper()} on the {report['split']} split"))
+    return path, table, rows, plots
+
+
+def print_table(rows, threshold):
+    print(f"scores averaged over lead times at {threshold} mm/h:")
+    print(f"  {'method':<14}" + "".join(f"{c:>10}" for c in TABLE_COLUMNS))
+    for row in rows:
+        if row["threshold_mm_h"] == threshold:
+            print(f"  {row['method']:<14}" + "".join(f"{row[c]:>10.4f}" for c in TABLE_COLUMNS))
+
+
+# --------------------------------------------------------------------------- prediction
+def predict(forecaster, params, raw_case_dir, output, t0_text):
+    """Forecast from one raw case; returns (output path, png path)."""
+    raw_case_dir = os.path.normpath(raw_case_dir)
+    if not os.path.isdir(raw_case_dir):
+        raise UserError(f"{raw_case_dir}: raw case folder not found (expected <case>/<source>/<YYYYmmddHHMM>.npy)")
+    raw_dir, case = os.path.split(raw_case_dir)
+    data = params["data"]
+    plan = scan_case(raw_dir or ".", case, params)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = zarr.open_group(write_case(plan, "predict", tmp, forecaster.stats, params), mode="r")
+        valid, minutes = store["valid"][:], store["time"][:]
+        ends = [t for t in range(data["input_steps"] - 1, len(valid)) if valid[t - data["input_steps"] + 1:t + 1].all()]
+        if t0_text:
+            wanted = int((dt.datetime.strptime(t0_text, "%Y%m%d%H%M") - EPOCH).total_seconds()) // 60
+            ends = [t for t in ends if minutes[t] == wanted]
+            if not ends:
+                raise UserError(f"--t0 {t0_text}: no valid input window ends then in {raw_case_dir}")
+        if not ends:
+            raise UserError(f"{raw_case_dir}: no {data['input_steps']} consecutive valid steps to forecast from")
+        t0 = ends[-1]
+        x = store["inputs"][t0 - data["input_steps"] + 1:t0 + 1][None]
+        forecast = forecaster.model_forecast(x)[0]  # (T_out, H, W) mm/h
+        inputs_mm = forecaster.last_target_frames(x[0])
+        lead_steps = np.array(forecaster.leads)
+        targets = [t0 + k for k in lead_steps]
+        have_target = all(t < len(valid) and valid[t] for t in targets)
+        target = denormalize_target(np.stack([store["target"][t] for t in targets]), forecaster.stats) \
+            if have_target else None
+        coverage = store["coverage"][t0]
+    step = data["time_step_minutes"]
+    t0_time = EPOCH + dt.timedelta(minutes=int(minutes[t0]))
+    valid_times = [t0_time + dt.timedelta(minutes=int(step * k)) for k in lead_steps]
+    output = output or os.path.join(params["paths"]["outputs"], "forecasts", f"{case}_{t0_time:%Y%m%d%H%M}.nc")
+    write_forecast(output, forecast, valid_times, t0_time, lead_steps * step, case)
+    png = os.path.splitext(output)[0] + ".png"
+    try:
+        import plotting
+        panels_in = inputs_mm if inputs_mm is not None else np.zeros((1,) + forecast.shape[1:], np.float32)
+        plotting.plot_forecast_panels(panels_in, target if target is not None else np.full_like(forecast, np.nan),
+                                      forecast, list(lead_steps * step), png, coverage=coverage,
+                                      title=f"{case}: forecast from {t0_time:%Y-%m-%d %H:%M} UTC")
+    except ImportError:
+        png = None
+    return output, png
+
+
+def write_forecast(path, forecast, valid_times, t0_time, lead_minutes, case):
+    """rain_rate (lead, y, x) mm/h with valid times, as NetCDF (.nc) or Zarr (.zarr); temp name then rename."""
+    import xarray as xr
+    if not path.endswith((".nc", ".zarr")):
+        raise UserError(f"--output {path}: expected a name ending in .nc or .zarr")
+    ds = xr.Dataset(
+        {"rain_rate": (("lead", "y", "x"), forecast.astype(np.float32),
+                       {"units": "mm h-1", "long_name": "forecast rain rate"})},
+        coords={"lead": ("lead", np.asarray(lead_minutes, dtype=np.int32), {"units": "minutes", "long_name": "lead time"}),
+                "time": ("lead", np.array(valid_times, dtype="datetime64[ns]"), {"long_name": "valid time (UTC)"}),
+                "y": np.arange(forecast.shape[1], dtype=np.int32), "x": np.arange(forecast.shape[2], dtype=np.int32)},
+        attrs={"case": case, "forecast_reference_time": f"{t0_time:%Y-%m-%dT%H:%M}Z", "source": "evaluate.py --predict"})
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    if path.endswith(".nc"):
+        ds.to_netcdf(tmp, encoding={"rain_rate": {"zlib": True, "complevel": 4}})
+        os.replace(tmp, path)
+    else:
+        ds.to_zarr(tmp, mode="w", consolidated=False)
+        shutil.rmtree(path, ignore_errors=True)
+        os.rename(tmp, path)
+
+
+# --------------------------------------------------------------------------- main
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Score a nowcasting model against persistence and extrapolation, "
+                                                 "or forecast from a new raw case (see the module docstring).")
+    config.add_config_arg(parser)
+    parser.add_argument("--checkpoint", required=True, help="training.py checkpoint (e.g. outputs/checkpoints/best.pt)")
+    parser.add_argument("--split", default="test", choices=("train", "val", "test"), help="split to score (default: test)")
+    parser.add_argument("--methods", help="comma-separated: model, persistence, extrapolation "
+                                          "(default: evaluation.methods)")
+    parser.add_argument("--batch_size", type=int, default=4, help="windows per model call (default: 4)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="training.device")
+    parser.add_argument("--predict", metavar="RAW_CASE_DIR", help="forecast from this raw case instead of scoring")
+    parser.add_argument("--t0", metavar="YYYYmmddHHMM", help="--predict: forecast from this time (default: the last)")
+    parser.add_argument("--output", help="--predict: forecast file, .nc or .zarr "
+                                         "(default: <outputs>/forecasts/<case>_<t0>.nc)")
+    args = parser.parse_args(argv)
+    params = config.load_params(args.config, {"training.device": args.device})
+    methods = [m.strip() for m in args.methods.split(",")] if args.methods else list(params["evaluation"]["methods"])
+    for method in methods:
+        if method not in ("model", *baselines.METHODS):
+            raise UserError(f"--methods: unknown method {method!r}; expected model, {', '.join(baselines.METHODS)}")
+    device = pick_device(params["training"]["device"])
+    model, stats = load_model(args.checkpoint, params, device)
+    forecaster = Forecaster(model, stats, params, device)
+    if args.predict:
+        output, png = predict(forecaster, params, args.predict, args.output, args.t0)
+        print(f"evaluate: forecast -> {output}" + (f", panels -> {png}" if png else ""))
+        return 0
+    step = params["data"]["time_step_minutes"]
+    lead_minutes = [step * lead for lead in forecaster.leads]
+    acc, n_windows = score_split(forecaster, params, args.split, methods, args.batch_size)
+    report = metrics_report(acc, params, args.split, n_windows, lead_minutes)
+    out_dir = os.path.join(params["paths"]["outputs"], "eval", args.split)
+    path, table, rows, plots = write_outputs(report, out_dir)
+    thresholds = [str(float(t)) for t in params["evaluation"]["thresholds"]]
+    print_table(rows, "1.0" if "1.0" in thresholds else thresholds[0])
+    print(f"evaluate: {n_windows} windows of the {args.split} split, methods {', '.join(methods)} -> {path}, "
+          f"{table}, {len(plots)} plots in {out_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    config.run_main(main)

@@ -1,0 +1,122 @@
+"""evaluate.py: exact whole-split scores, the metrics.json layout, the table, --predict, errors."""
+import csv
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+
+import config
+import evaluate
+import metrics
+from conftest import ROOT
+from preproc import denormalize, denormalize_target, load_stats
+
+
+@pytest.fixture(scope="module")
+def evaluated(trained):
+    assert evaluate.main(["--config", trained["config"], "--checkpoint", trained["checkpoint"],
+                          "--methods", "model,persistence,extrapolation"]) == 0
+    params = config.load_params(trained["config"])
+    out = os.path.join(params["paths"]["outputs"], "eval", "test")
+    with open(os.path.join(out, "metrics.json")) as fh:
+        return {"report": json.load(fh), "params": params, "out": out}
+
+
+def test_metrics_json_layout(evaluated):
+    report, params = evaluated["report"], evaluated["params"]
+    data = params["data"]
+    assert report["thresholds"] == [float(t) for t in params["evaluation"]["thresholds"]]
+    assert report["lead_minutes"] == [5 * (data["lead_steps"] + k) for k in range(data["output_steps"])]
+    assert set(report["methods"]) == {"model", "persistence", "extrapolation"}
+    keys = {str(float(t)) for t in params["evaluation"]["thresholds"]}
+    for scores in report["methods"].values():
+        for score in ("csi", "pod", "far", "hss"):
+            assert set(scores[score]) == keys and all(len(v) == data["output_steps"] for v in scores[score].values())
+        assert set(scores["fss"]) == keys
+        assert set(scores["fss"]["1.0"]) == {str(w) for w in params["evaluation"]["fss_windows"]}
+        assert len(scores["mse"]) == len(scores["mae"]) == data["output_steps"]
+
+
+def test_persistence_scores_equal_a_whole_split_brute_force(evaluated):
+    """Rebuild every test window from the stores with plain numpy and score the concatenation."""
+    report, params = evaluated["report"], evaluated["params"]
+    data = params["data"]
+    stats = load_stats(params["paths"]["processed_data"])
+    c = list(zip(stats["sources"], stats["channels"])).index((stats["target"]["source"], stats["target"]["channel"]))
+    forecasts, observed, covered = [], [], []
+    for path in sorted(glob.glob(os.path.join(params["paths"]["processed_data"], "test", "*.zarr"))):
+        store = zarr.open_group(path, mode="r")
+        valid, inputs = store["valid"][:], store["inputs"][:]
+        target, coverage = store["target"][:], store["coverage"][:]
+        for s in range(len(valid)):
+            t0 = s + data["input_steps"] - 1
+            targets = [t0 + data["lead_steps"] + k for k in range(data["output_steps"])]
+            if targets[-1] >= len(valid) or not valid[s:t0 + 1].all() or not valid[targets].all():
+                continue
+            last = denormalize(inputs[t0, c], stats["min"][c], stats["max"][c], stats["transform"][c])
+            forecasts.append(np.stack([last] * data["output_steps"]))
+            observed.append(denormalize_target(target[targets], stats))
+            covered.append(coverage[targets])
+    assert len(forecasts) == report["n_windows"] > 0
+    fc, ob, cov = np.stack(forecasts), np.stack(observed), np.stack(covered)
+    scores = report["methods"]["persistence"]
+    for lead in range(data["output_steps"]):
+        for threshold in params["evaluation"]["thresholds"]:
+            expected = metrics.categorical(fc[:, lead], ob[:, lead], threshold, cov[:, lead])
+            assert scores["csi"][str(float(threshold))][lead] == pytest.approx(expected["csi"], nan_ok=True)
+            assert scores["hss"][str(float(threshold))][lead] == pytest.approx(expected["hss"], nan_ok=True)
+        assert scores["mse"][lead] == pytest.approx(metrics.mse(fc[:, lead], ob[:, lead], cov[:, lead]), rel=1e-6)
+
+
+def test_table_and_plots(evaluated):
+    with open(os.path.join(evaluated["out"], "table.csv")) as fh:
+        rows = list(csv.DictReader(fh))
+    n_thresholds = len(evaluated["params"]["evaluation"]["thresholds"])
+    assert len(rows) == 3 * n_thresholds
+    row = next(r for r in rows if r["method"] == "persistence" and r["threshold_mm_h"] == "1.0")
+    csi = [v for v in evaluated["report"]["methods"]["persistence"]["csi"]["1.0"] if v is not None]
+    assert float(row["csi"]) == pytest.approx(np.mean(csi), abs=1e-4)
+    for score in evaluate.PLOTTED:
+        assert os.path.getsize(os.path.join(evaluated["out"], f"{score}.png")) > 1000
+
+
+def test_predict_writes_a_forecast_file(trained, raw_cases, tmp_path):
+    case = sorted(raw_cases["cases"])[1]
+    out = tmp_path / "forecast.nc"
+    assert evaluate.main(["--config", trained["config"], "--checkpoint", trained["checkpoint"],
+                          "--predict", os.path.join(raw_cases["dir"], case), "--output", str(out)]) == 0
+    params = config.load_params(trained["config"])
+    with xr.open_dataset(out) as ds:
+        assert ds.rain_rate.dims == ("lead", "y", "x") and ds.rain_rate.attrs["units"] == "mm h-1"
+        assert ds.rain_rate.shape == (params["data"]["output_steps"], 48, 40)
+        assert list(ds.lead.values) == [5 * (params["data"]["lead_steps"] + k)
+                                        for k in range(params["data"]["output_steps"])]
+        # the last step at which every input source has data: the last NWP file (hourly) or radar file
+        last = min(max(os.listdir(os.path.join(raw_cases["dir"], case, source))) for source in ("radar", "nwp"))
+        assert ds.attrs["forecast_reference_time"] == f"{last[:4]}-{last[4:6]}-{last[6:8]}T{last[8:10]}:{last[10:12]}Z"
+        assert np.isfinite(ds.rain_rate.values).all() and (ds.rain_rate.values >= 0).all()
+    assert os.path.exists(tmp_path / "forecast.png")
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--methods", "model,rover"], "error: --methods: unknown method 'rover'; expected model, persistence, "
+                                   "extrapolation"),
+    (["--split", "val", "--predict", "/nonexistent/case"], "error: /nonexistent/case: raw case folder not found"),
+])
+def test_user_errors(trained, extra, message):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "evaluate.py"), "--config", trained["config"],
+                           "--checkpoint", trained["checkpoint"], *extra], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().startswith(message)
+
+
+def test_missing_checkpoint_is_one_line(trained):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "evaluate.py"), "--config", trained["config"],
+                           "--checkpoint", "nope.pt"], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: nope.pt: checkpoint not found"

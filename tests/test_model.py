@@ -1,0 +1,248 @@
+"""model.py: the ConvLSTM cell against the formulas of Shi et al. (2015) written out gate by
+gate, the wiring of the stacks, output shapes for odd frame sizes, gradients, one training
+step, and the registry. Tiny tensors; float64 where values are compared."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import config
+import model
+
+torch.set_num_threads(2)
+
+
+# --------------------------------------------------------------------------- reference cell
+def reference_step(cell, x, h, c):
+    """Seed 002 eq. (3) with one convolution per weight W_x., W_h. and the peepholes W_c. as a
+    Hadamard product; the weights are cut out of the fused convolution (output order i, f, c, o).
+    x: (B, C_in, H, W) or None; h, c: (B, hid, H, W). Returns (h_t, c_t)."""
+    hid, c_in, k = cell.hidden_channels, cell.in_channels, cell.kernel_size
+    weight, bias = cell.conv.weight, cell.conv.bias
+
+    def conv(gate, source, wx_or_wh):
+        rows = slice(gate * hid, (gate + 1) * hid)
+        cols = slice(0, c_in) if wx_or_wh == "x" else slice(c_in, c_in + hid)
+        return F.conv2d(source, weight[rows, cols], padding=k // 2)
+
+    def pre(gate):
+        total = conv(gate, h, "h")
+        if x is not None:
+            total = total + conv(gate, x, "x")
+        if bias is not None:
+            total = total + bias[gate * hid:(gate + 1) * hid].view(1, hid, 1, 1)
+        return total
+
+    w_ci = cell.w_ci if cell.peephole else 0.0
+    w_cf = cell.w_cf if cell.peephole else 0.0
+    w_co = cell.w_co if cell.peephole else 0.0
+    i_t = torch.sigmoid(pre(0) + w_ci * c)
+    f_t = torch.sigmoid(pre(1) + w_cf * c)
+    c_t = f_t * c + i_t * torch.tanh(pre(2))
+    o_t = torch.sigmoid(pre(3) + w_co * c_t)
+    h_t = o_t * torch.tanh(c_t)
+    return h_t, c_t
+
+
+def randomise(module, seed=0):
+    """Random values in every parameter (peepholes start at zero, which would hide them)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator, dtype=p.dtype) * 0.5)
+
+
+@pytest.mark.parametrize("in_channels, kernel, bias, peephole, peephole_size", [
+    (2, 3, True, False, None),
+    (2, 3, True, True, None),
+    (2, 3, True, True, (6, 5)),
+    (3, 5, False, True, (6, 5)),
+    (0, 3, True, True, (6, 5)),          # the forecaster's cell without input
+])
+def test_cell_matches_gate_by_gate_formulas(in_channels, kernel, bias, peephole, peephole_size):
+    torch.manual_seed(1)
+    cell = model.ConvLSTMCell(in_channels, 4, kernel, bias=bias, peephole=peephole,
+                              peephole_size=peephole_size).double()
+    randomise(cell)
+    B, H, W = 2, 6, 5
+    h = torch.randn(B, 4, H, W, dtype=torch.float64)
+    c = torch.randn(B, 4, H, W, dtype=torch.float64)
+    state, ref = (h, c), (h, c)
+    for _ in range(3):
+        x = torch.randn(B, in_channels, H, W, dtype=torch.float64) if in_channels else None
+        state = cell(x, state)
+        ref = reference_step(cell, x, *ref)
+    torch.testing.assert_close(state[0], ref[0], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(state[1], ref[1], rtol=1e-10, atol=1e-12)
+
+
+def test_peepholes_change_the_output():
+    torch.manual_seed(2)
+    cell = model.ConvLSTMCell(2, 3, peephole=True).double()
+    randomise(cell)
+    x = torch.randn(1, 2, 5, 5, dtype=torch.float64)
+    state = (torch.randn(1, 3, 5, 5, dtype=torch.float64), torch.randn(1, 3, 5, 5, dtype=torch.float64))
+    with_peepholes = cell(x, state)[0]
+    with torch.no_grad():
+        cell.w_ci.zero_(), cell.w_cf.zero_(), cell.w_co.zero_()
+    assert (with_peepholes - cell(x, state)[0]).abs().max() > 1e-3
+
+
+def test_cell_starts_from_zero_state_and_remembers_by_default():
+    cell = model.ConvLSTMCell(2, 3)
+    x = torch.randn(2, 2, 7, 4)
+    zeros = torch.zeros(2, 3, 7, 4)
+    torch.testing.assert_close(cell(x), cell(x, (zeros, zeros)))
+    assert torch.all(cell.conv.bias[3:6] == 1.0)          # forget gate
+    assert cell.w_ci.shape == (3, 1, 1)                    # per channel by default
+
+
+def test_per_pixel_peephole_rejects_another_frame_size():
+    cell = model.ConvLSTMCell(2, 3, peephole_size=(8, 8))
+    assert cell.w_co.shape == (3, 8, 8)
+    with pytest.raises(config.UserError, match="8 x 8 pixels, got a frame of 8 x 6"):
+        cell(torch.randn(1, 2, 8, 6))
+    unet = model.ConvLSTM_UNet(2, 1, base_channels=4, depth=2, peephole_size=[9, 7])
+    with pytest.raises(config.UserError, match="9 x 7 frames .*got 8 x 7"):
+        unet(torch.randn(1, 2, 2, 8, 7))
+    with pytest.raises(config.UserError, match="peephole_size: expected null or"):
+        model.ConvLSTMCell(2, 3, peephole_size=[8, 0])
+
+
+# --------------------------------------------------------------------------- wiring of the stacks
+def test_convlstm_stack_runs_cells_over_time():
+    torch.manual_seed(3)
+    stack = model.ConvLSTM(3, [4, 5], kernel_size=3).double()
+    randomise(stack)
+    x = torch.randn(2, 4, 3, 6, 7, dtype=torch.float64)
+    outputs, last = stack(x)
+    layer_input = x
+    for layer, cell in enumerate(stack.cells):
+        h = c = torch.zeros(2, cell.hidden_channels, 6, 7, dtype=torch.float64)
+        hs = []
+        for t in range(4):
+            h, c = reference_step(cell, layer_input[:, t], h, c)
+            hs.append(h)
+        layer_input = torch.stack(hs, 1)
+        torch.testing.assert_close(outputs[layer], layer_input)
+        torch.testing.assert_close(last[layer][0], h)
+        torch.testing.assert_close(last[layer][1], c)
+
+
+def test_encoder_forecaster_copies_states_and_reads_all_layers():
+    torch.manual_seed(4)
+    net = model.EncoderForecaster(2, output_steps=3, hidden_channels=[3, 4]).double()
+    randomise(net)
+    x = torch.randn(2, 5, 2, 6, 5, dtype=torch.float64)
+    # by hand: encoder layers over time, forecaster from the copied states without input
+    states, layer_input = [], x
+    for cell in net.encoder.cells:
+        h = c = torch.zeros(2, cell.hidden_channels, 6, 5, dtype=torch.float64)
+        hs = []
+        for t in range(5):
+            h, c = reference_step(cell, layer_input[:, t], h, c)
+            hs.append(h)
+        layer_input = torch.stack(hs, 1)
+        states.append((h, c))
+    frames = []
+    for _ in range(3):
+        below = None
+        for layer, cell in enumerate(net.forecaster):
+            states[layer] = reference_step(cell, below, *states[layer])
+            below = states[layer][0]
+        stacked = torch.cat([h for h, _ in states], 1)                    # (B, 7, H, W)
+        frames.append(torch.einsum("bchw,c->bhw", stacked, net.head.weight[0, :, 0, 0]) + net.head.bias[0])
+    expected = torch.stack(frames, 1).unsqueeze(2)
+    torch.testing.assert_close(net(x), expected)
+
+
+# --------------------------------------------------------------------------- shapes, padding
+def small_models(output_steps, in_channels=3):
+    return {
+        "unet": model.ConvLSTM_UNet(in_channels, output_steps, base_channels=4, depth=3),
+        "unet_depth1": model.ConvLSTM_UNet(in_channels, output_steps, base_channels=4, depth=1),
+        "ef": model.EncoderForecaster(in_channels, output_steps, hidden_channels=[4, 3]),
+    }
+
+
+@pytest.mark.parametrize("T, H, W, output_steps", [(1, 16, 16, 1), (3, 13, 9, 2), (2, 5, 3, 3), (4, 1, 7, 1)])
+def test_output_shapes(T, H, W, output_steps):
+    x = torch.randn(2, T, 3, H, W)
+    for name, net in small_models(output_steps).items():
+        y = net(x)
+        assert y.shape == (2, output_steps, 1, H, W), name
+        assert y.dtype == torch.float32 and torch.isfinite(y).all(), name
+
+
+def test_per_pixel_peephole_models_run_at_their_size():
+    x = torch.randn(1, 2, 3, 11, 6)
+    unet = model.ConvLSTM_UNet(3, 2, base_channels=4, depth=3, peephole_size=(11, 6))
+    assert [e.cells[0].w_ci.shape[1:] for e in unet.encoders] == [(12, 8), (6, 4), (3, 2)]
+    assert unet(x).shape == (1, 2, 1, 11, 6)
+    ef = model.EncoderForecaster(3, 2, hidden_channels=[4], peephole_size=(11, 6))
+    assert ef(x).shape == (1, 2, 1, 11, 6)
+
+
+def test_unet_pads_with_zeros_and_crops_back():
+    torch.manual_seed(5)
+    net = model.ConvLSTM_UNet(3, 2, base_channels=4, depth=3).double().eval()
+    x = torch.randn(2, 3, 3, 13, 10, dtype=torch.float64)
+    padded = F.pad(x, (0, 2, 0, 3))                     # 16 x 12, a multiple of 4
+    torch.testing.assert_close(net(x), net(padded)[..., :13, :10])
+
+
+def test_wrong_input_channels_is_a_clear_error():
+    for net in small_models(1).values():
+        with pytest.raises(config.UserError, match=r"expected input of shape \(B, T, 3, H, W\)"):
+            net(torch.randn(1, 2, 4, 8, 8))
+
+
+# --------------------------------------------------------------------------- training
+@pytest.mark.parametrize("name", ["unet", "unet_depth1", "ef"])
+def test_gradient_reaches_every_parameter(name):
+    torch.manual_seed(6)
+    net = small_models(2)[name]
+    x, y = torch.randn(2, 3, 3, 12, 10), torch.randn(2, 2, 1, 12, 10)
+    F.mse_loss(net(x), y).backward()
+    for pname, p in net.named_parameters():
+        assert p.grad is not None, pname
+        assert torch.isfinite(p.grad).all(), pname
+        assert p.grad.abs().max() > 0, pname
+
+
+@pytest.mark.parametrize("name", ["unet", "ef"])
+def test_one_adamw_step_reduces_the_loss(name):
+    torch.manual_seed(7)
+    net = small_models(1)[name]
+    x = torch.randn(4, 3, 3, 12, 12)
+    y = x[:, -1:, :1] * 0.5                              # a learnable target
+    optimiser = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    before = F.mse_loss(net(x), y)
+    before.backward()
+    optimiser.step()
+    with torch.no_grad():
+        after = F.mse_loss(net(x), y)
+    assert after < before
+
+
+# --------------------------------------------------------------------------- registry
+def test_registry_builds_models_from_params(params):
+    for name, cls in [("convlstm_unet", model.ConvLSTM_UNet), ("encoder_forecaster", model.EncoderForecaster)]:
+        net = model.get_model(name, in_channels=4, output_steps=2, **params["model"][name])
+        assert type(net) is cls and net.output_steps == 2
+    net = model.build_model(params, in_channels=4)
+    assert type(net) is model.ConvLSTM_UNet and net.output_steps == params["data"]["output_steps"]
+    assert net.encoders[0].cells[0].hidden_channels == params["model"]["convlstm_unet"]["base_channels"]
+    params["task"] = "sea_ice"
+    params["model"]["name"] = "encoder_forecaster"
+    net = model.build_model(params, in_channels=1)
+    assert type(net) is model.EncoderForecaster and net.output_steps == params["sea_ice"]["pred_length"]
+    assert [c.hidden_channels for c in net.encoder.cells] == params["model"]["encoder_forecaster"]["hidden_channels"]
+
+
+def test_registry_errors_name_what_is_valid():
+    with pytest.raises(config.UserError, match="unknown model 'unet'; expected one of convlstm_unet, encoder_forecaster"):
+        model.get_model("unet", in_channels=4, output_steps=1)
+    with pytest.raises(config.UserError, match="model.convlstm_unet: unknown option 'hidden_channels'"):
+        model.get_model("convlstm_unet", in_channels=4, output_steps=1, hidden_channels=[8])
+    with pytest.raises(config.UserError, match="in_channels must be given"):
+        model.get_model("encoder_forecaster", output_steps=1)

@@ -1,0 +1,155 @@
+"""training.py: loss weighting, checkpoint/resume equality, NaN stop, DDP, the sea-ice task."""
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+import config
+import training
+from conftest import ROOT, tiny_params, write_tiny_params
+
+
+def test_intensity_weights_by_hand():
+    target = torch.tensor([0.0, 1.99, 2.0, 4.0, 5.0, 10.0, 29.0, 30.0, 80.0])
+    w = training.intensity_weights(target, [2.0, 5.0, 10.0, 30.0], [1.0, 2.0, 5.0, 10.0, 30.0])
+    assert w.tolist() == [1.0, 1.0, 2.0, 2.0, 5.0, 10.0, 10.0, 30.0, 30.0]
+
+
+def test_masked_loss_by_hand():
+    pred = torch.tensor([1.0, 2.0, 3.0, 4.0]).reshape(1, 1, 1, 2, 2)
+    target = torch.tensor([0.0, 0.0, float("nan"), 1.0]).reshape(1, 1, 1, 2, 2)
+    mask = torch.tensor([True, True, False, True]).reshape(1, 1, 1, 2, 2)
+    weights = torch.tensor([1.0, 2.0, 100.0, 3.0]).reshape(1, 1, 1, 2, 2)
+    # covered pixels: errors 1, 2, 3 -> mse (1 + 4 + 9) / 3; weighted (1 + 8 + 27) / 3; mae (1 + 2 + 3) / 3
+    assert training.masked_loss(pred, target, mask, "mse").item() == pytest.approx(14 / 3)
+    assert training.masked_loss(pred, target, mask, "mse", weights).item() == pytest.approx(36 / 3)
+    assert training.masked_loss(pred, target, mask, "mae").item() == pytest.approx(2.0)
+
+
+def read_state(path):
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def test_resume_gives_the_same_weights_bit_for_bit(processed, tmp_path):
+    straight, resumed = tmp_path / "a", tmp_path / "b"
+    straight.mkdir(), resumed.mkdir()
+    cfg_a = write_tiny_params(straight, processed)
+    assert training.main(["--config", cfg_a, "--skip_test"]) == 0
+    cfg_b = write_tiny_params(resumed, processed)
+    assert training.main(["--config", cfg_b, "--skip_test", "--epochs", "1"]) == 0
+    first = read_state(resumed / "ckpt" / "last.pt")
+    assert first["epoch"] == 1 and first["step"] == 3
+    assert training.main(["--config", cfg_b, "--skip_test", "--resume"]) == 0
+    a, b = read_state(straight / "ckpt" / "last.pt"), read_state(resumed / "ckpt" / "last.pt")
+    assert a["epoch"] == b["epoch"] == 2 and a["step"] == b["step"] == 6
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    assert not all(torch.equal(t, first["model"][n]) for n, t in a["model"].items())  # epoch 2 did train
+    for key in ("model", "optimizer", "scheduler", "epoch", "step", "rng", "params", "stats"):
+        assert key in a
+    with open(resumed / "out" / "train_log.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["epoch"] for r in rows] == ["1", "2"] and list(rows[0]) == list(training.LOG_COLUMNS)
+
+
+def test_non_finite_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(processed, tmp_path, monkeypatch,
+                                                                                   capsys):
+    cfg = write_tiny_params(tmp_path, processed, epochs=3)
+    calls = {"n": 0}
+    real_loss = training.masked_loss
+
+    def loss_that_breaks(*args, **kwargs):
+        calls["n"] += 1
+        value = real_loss(*args, **kwargs)
+        return value * float("nan") if calls["n"] == 7 else value  # 2nd step of epoch 2 (3 train + 2 val before)
+    monkeypatch.setattr(training, "masked_loss", loss_that_breaks)
+    assert training.main(["--config", cfg, "--skip_test"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: training stopped: loss is nan at epoch 2, step 5; the last good checkpoint is")
+    state = read_state(tmp_path / "ckpt" / "last.pt")
+    assert state["epoch"] == 1 and all(torch.isfinite(t).all() for t in state["model"].values())
+
+
+def test_test_report_scores_persistence_and_model(processed, tmp_path):
+    cfg = write_tiny_params(tmp_path, processed, epochs=1)
+    assert training.main(["--config", cfg]) == 0
+    with open(tmp_path / "out" / "test_metrics.json") as fh:
+        report = json.load(fh)
+    assert report["lead_minutes"] == [5 * 2, 5 * 3]
+    assert set(report["methods"]) == {"model", "persistence"}
+    for scores in report["methods"].values():
+        assert len(scores["mse"]) == 2 and all(np.isfinite(scores["mse"]))
+        assert set(scores["csi"]) == {str(float(t)) for t in config.load_params(cfg)["evaluation"]["thresholds"]}
+
+
+def test_user_errors_are_one_line(processed, tmp_path):
+    cfg = write_tiny_params(tmp_path, processed)
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "training.py"), "--config", cfg, "--resume"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == f"error: {tmp_path / 'ckpt' / 'last.pt'}: checkpoint not found"
+
+
+def test_ddp_two_cpu_ranks(processed, tmp_path):
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    if torchrun is None:
+        pytest.skip("torchrun not installed")
+    cfg = write_tiny_params(tmp_path, processed, epochs=1)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", os.path.join(ROOT, "training.py"),
+                           "--config", cfg, "--skip_test"], capture_output=True, text=True, cwd=ROOT, env=env,
+                          timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "x 2 ranks" in proc.stdout
+    state = read_state(tmp_path / "ckpt" / "last.pt")
+    assert state["epoch"] == 1 and state["step"] == 3
+
+
+def write_consolidated(path, days, shape=(24, 20), seed=0):
+    """A small consolidated file in consolidate_data.py's layout, with a moving ice edge."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    frames = np.stack([np.clip((xx - 5 - 0.3 * t + rng.normal(0, 0.3, shape)) / 6, 0, 1)
+                       for t in range(len(days))]).astype(np.float32)
+    land = np.zeros(shape, np.uint8)
+    land[:3, :] = 1
+    frames[:, land == 1] = 0
+    ds = xr.Dataset({"sea_ice_conc": (("time", "y", "x"), frames),
+                     "fill_flag": (("time", "y", "x"), np.zeros(frames.shape, np.uint8)),
+                     "missing_dates": (("missing",), np.zeros(0, np.int32))},
+                    coords={"time": np.array(days, np.int32), "x": 25000.0 * np.arange(shape[1]),
+                            "y": 25000.0 * np.arange(shape[0])})
+    ds.to_netcdf(path)
+    mask = xr.Dataset({"land_mask": (("y", "x"), land),
+                       "nan_frequency": (("y", "x"), land.astype(np.float32))},
+                      coords={"x": ds.x, "y": ds.y})
+    mask.to_netcdf(str(path).replace(".nc", "_mask.nc"))
+
+
+def test_sea_ice_task_trains_and_tests(tmp_path):
+    days = [20240101 + i for i in range(30)]
+    write_consolidated(tmp_path / "sic.nc", days)
+    params = tiny_params(tmp_path, epochs=1)
+    params["task"] = "sea_ice"
+    params["sea_ice"].update(consolidated_file=str(tmp_path / "sic.nc"), start_date=days[0], end_date=days[-1],
+                             land_mask_file=str(tmp_path / "sic_mask.nc"), input_length=3, pred_length=2)
+    params["data"]["split"] = {"train": 0.6, "val": 0.2, "test": 0.2, "seed": 0}
+    cfg = tmp_path / "params.json"
+    cfg.write_text(json.dumps(params))
+    assert training.main(["--config", str(cfg)]) == 0
+    with open(tmp_path / "out" / "test_metrics.json") as fh:
+        report = json.load(fh)
+    assert report["lead_minutes"] == [1440, 2880] and report["thresholds"] == [0.15]
+    model = report["methods"]["model"]
+    assert len(model["mse"]) == 2 and len(model["iiee_km2"]) == 2
+    # land carries no weight: a model trained with it masked is scored only on ocean pixels
+    task = training.SeaIceTask(config.load_params(str(cfg)))
+    x, y, mask = task.unpack(next(iter(torch.utils.data.DataLoader(task.datasets[0], batch_size=1))), "cpu")
+    assert not mask[0, 0, 0, :3].any() and mask[0, 0, 0, 3:].all()
