@@ -43,8 +43,8 @@ import netCDF4
 import numpy as np
 from tqdm import tqdm
 
+from asi_files import asi_filename, date_flag, date_range, format_dates, read_day, read_grid, z_shape
 from config import SCHEMA, UserError, add_config_arg, load_params, run_main
-from generate_data import asi_filename, date_range, to_date
 from interpolation import fill_gaussian, fill_time_linear
 
 FLAG_OBSERVED, FLAG_TIME_LINEAR, FLAG_GAUSSIAN, FLAG_NO_NEIGHBOUR, FLAG_LAND = range(5)
@@ -53,29 +53,6 @@ CHUNK_SIDE = 1024  # output chunks are (1, <=1024, <=1024): one frame at most, R
 
 
 # --------------------------------------------------------------------------- reading the source
-def read_frame(path):
-    """z of one ASI file as float32 (H, W) in %, NaN where missing; raises on any read problem."""
-    with netCDF4.Dataset(path) as nc:
-        if "z" not in nc.variables:
-            raise KeyError(f"no variable 'z' (variables: {', '.join(nc.variables) or 'none'})")
-        z = nc.variables["z"][:]
-    frame = np.ma.filled(np.ma.asarray(z, dtype=np.float32), np.nan)
-    if frame.ndim != 2:
-        raise ValueError(f"z has shape {frame.shape}, expected 2-D (y, x)")
-    return np.ascontiguousarray(frame)
-
-
-def z_shape(path):
-    """Shape of z in one file, reading only the header; raises when unreadable."""
-    with netCDF4.Dataset(path) as nc:
-        if "z" not in nc.variables:
-            raise KeyError(f"no variable 'z' (variables: {', '.join(nc.variables) or 'none'})")
-        shape = nc.variables["z"].shape
-    if len(shape) != 2:
-        raise ValueError(f"z has shape {shape}, expected 2-D (y, x)")
-    return shape
-
-
 def plain(value):
     """A netCDF attribute as a JSON-friendly Python value (for Zarr attributes)."""
     if isinstance(value, np.ndarray):
@@ -83,27 +60,6 @@ def plain(value):
     if isinstance(value, np.generic):
         return value.item()
     return value
-
-
-def read_grid(path):
-    """x, y and the grid mapping of one ASI file: {"x": (values, attrs, dtype), "y": ..., "mapping": ...}."""
-    with netCDF4.Dataset(path) as nc:
-        grid = {}
-        for name in ("x", "y"):
-            if name not in nc.variables:
-                raise UserError(f"{path}: no coordinate variable {name!r}; expected the Bremen ASI layout")
-            var = nc.variables[name]
-            var.set_auto_mask(False)
-            grid[name] = (np.asarray(var[:]), {k: var.getncattr(k) for k in var.ncattrs() if k != "_FillValue"},
-                          var.dtype)
-        mapping_name = getattr(nc.variables["z"], "grid_mapping", "polar_stereographic")
-        grid["mapping"] = None
-        if mapping_name in nc.variables:
-            var = nc.variables[mapping_name]
-            grid["mapping"] = (mapping_name, var.dtype,
-                               {k: var.getncattr(k) for k in var.ncattrs() if k != "_FillValue"})
-        grid["source_title"] = str(getattr(nc, "title", getattr(nc, "product", "ASI AMSR2")))
-    return grid
 
 
 def scan_days(source_dir, days, product):
@@ -163,12 +119,6 @@ def read_land_mask(path, shape, grid):
 
 
 # --------------------------------------------------------------------------- writing the output
-def format_dates(dates, limit=20):
-    """'20240405, 20240406' (at most `limit` dates, then '... (N in all)')."""
-    text = ", ".join(f"{d:%Y%m%d}" for d in dates[:limit])
-    return text + (f", ... ({len(dates)} in all)" if len(dates) > limit else "")
-
-
 def variable_attrs(mapping_name):
     """CF attributes of the two (time, y, x) variables."""
     grid_mapping = {"grid_mapping": mapping_name} if mapping_name else {}
@@ -330,7 +280,7 @@ def consolidate(paths, days, shape, land, writer, batch_size, time_window, space
                 frame[:] = np.nan
                 continue
             try:
-                frame[:] = read_frame(paths[t])
+                frame[:] = read_day(paths[t])
             except Exception as exc:
                 tqdm.write(f"warning: {paths[t]}: cannot read ({exc}); day treated as missing", file=sys.stderr)
                 frame[:] = np.nan
@@ -374,16 +324,6 @@ FLAG_KEYS = {"--source_dir": "paths.sea_ice_data", "--start_date": "sea_ice.star
 def default_of(dotted):
     section, key = dotted.split(".")
     return SCHEMA[section][key].default
-
-
-def date_flag(flag, text):
-    """A date flag as int YYYYMMDD (None when not given); UserError naming the flag when not a date."""
-    if text is None:
-        return None
-    try:
-        return int(f"{to_date(text):%Y%m%d}")
-    except UserError as exc:
-        raise UserError(f"{flag} {exc}") from None
 
 
 def build_parser():

@@ -26,39 +26,11 @@ import netCDF4
 import numpy as np
 from tqdm import tqdm
 
+from asi_files import asi_filename, date_flag, date_range, format_dates, read_day, read_grid
 from config import UserError, add_config_arg, load_params, run_main
-from generate_data import asi_filename, date_range, to_date
 
 
-def read_day(path, window=Ellipsis):
-    """z of one ASI file as float32 in %, NaN where missing: (H, W), or the part `window` selects
-    (e.g. (slice(ymin, ymax), slice(xmin, xmax)); only that part is read). Raises on any read problem."""
-    with netCDF4.Dataset(path) as nc:
-        if "z" not in nc.variables:
-            raise KeyError(f"no variable 'z' (variables: {', '.join(nc.variables) or 'none'})")
-        z = nc.variables["z"][window]
-    return np.ma.filled(np.ma.asarray(z, dtype=np.float32), np.nan)
-
-
-def read_grid(path):
-    """x, y (values + attributes + dtype) and the grid mapping variable of one ASI file."""
-    with netCDF4.Dataset(path) as nc:
-        grid = {}
-        for name in ("x", "y"):
-            if name not in nc.variables:
-                raise UserError(f"{path}: no coordinate variable {name!r}; expected the Bremen ASI layout")
-            var = nc.variables[name]
-            var.set_auto_mask(False)
-            grid[name] = (var[:], {k: var.getncattr(k) for k in var.ncattrs() if k != "_FillValue"}, var.dtype)
-        mapping_name = getattr(nc.variables["z"], "grid_mapping", "polar_stereographic")
-        mapping = None
-        if mapping_name in nc.variables:
-            var = nc.variables[mapping_name]
-            mapping = (mapping_name, var.dtype, {k: var.getncattr(k) for k in var.ncattrs()})
-    return grid, mapping
-
-
-def write_mask(path, land_mask, nan_frequency, grid, mapping, attrs):
+def write_mask(path, land_mask, nan_frequency, grid, attrs):
     """Write the mask NetCDF under a temporary name, then rename it to `path`."""
     tmp = path + ".tmp"
     with netCDF4.Dataset(tmp, "w", format="NETCDF4") as nc:
@@ -72,8 +44,8 @@ def write_mask(path, land_mask, nan_frequency, grid, mapping, attrs):
             var.setncatts(var_attrs)
             var[:] = values
         mapping_attr = {}
-        if mapping is not None:
-            name, dtype, var_attrs = mapping
+        if grid["mapping"] is not None:
+            name, dtype, var_attrs = grid["mapping"]
             var = nc.createVariable(name, dtype)
             var.setncatts(var_attrs)
             mapping_attr = {"grid_mapping": name}
@@ -88,22 +60,6 @@ def write_mask(path, land_mask, nan_frequency, grid, mapping, attrs):
                        "valid_min": np.float32(0), "valid_max": np.float32(1), **mapping_attr})
         var[:] = nan_frequency
     os.replace(tmp, path)
-
-
-def format_dates(dates, limit=20):
-    """'20240405, 20240406' (at most `limit` dates, then '... (N in all)')."""
-    text = ", ".join(f"{d:%Y%m%d}" for d in dates[:limit])
-    return text + (f", ... ({len(dates)} in all)" if len(dates) > limit else "")
-
-
-def date_flag(flag, text):
-    """A date flag as int YYYYMMDD (None when not given); UserError naming the flag when not a date."""
-    if text is None:
-        return None
-    try:
-        return int(f"{to_date(text):%Y%m%d}")
-    except UserError as exc:
-        raise UserError(f"{flag} {exc}") from None
 
 
 def main(argv=None):
@@ -140,7 +96,7 @@ def main(argv=None):
 
     nan_count = None  # int32 (H, W): days on which each pixel is NaN
     used, missing, unreadable = [], [], []
-    first_path = grid = mapping = None
+    first_path = grid = None
     for day in tqdm(days, desc="create_mask", unit="day"):
         path = os.path.join(source_dir, asi_filename(day, ice["product"]))
         if not os.path.exists(path):
@@ -156,7 +112,7 @@ def main(argv=None):
             raise UserError(f"{path}: z has shape {frame.shape}, expected 2-D (y, x)")
         if nan_count is None:
             first_path, nan_count = path, np.zeros(frame.shape, dtype=np.int32)
-            grid, mapping = read_grid(path)
+            grid = read_grid(path)
         elif frame.shape != nan_count.shape:
             raise UserError(f"{path}: z is {frame.shape[0]}x{frame.shape[1]}, expected "
                             f"{nan_count.shape[0]}x{nan_count.shape[1]} like {first_path}")
@@ -180,7 +136,7 @@ def main(argv=None):
              "unreadable_dates": ",".join(f"{d:%Y%m%d}" for d in unreadable),
              "history": f"{dt.datetime.now():%Y-%m-%d %H:%M} create_mask.py"}
     os.makedirs(os.path.dirname(os.path.abspath(output_file)), exist_ok=True)
-    write_mask(output_file, land_mask, nan_frequency, grid, mapping, attrs)
+    write_mask(output_file, land_mask, nan_frequency, grid, attrs)
     n_land = int(land_mask.sum())
     print(f"wrote {output_file}: {n_land} land pixels of {land_mask.size} ({100 * n_land / land_mask.size:.1f}%), "
           f"threshold {threshold:g}, from {len(used)} of {len(days)} days "

@@ -38,7 +38,7 @@ import urllib3
 from tqdm import tqdm
 
 from config import UserError, add_config_arg, load_params, run_main
-from generate_data import asi_filename, date_range, to_date
+from asi_files import asi_filename, date_range, to_date
 
 PRODUCTS = ("n3125", "n6250", "s3125", "s6250")
 FIRST_DAY = 20120702  # the AMSR2 ASI record starts here

@@ -19,8 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from config import UserError, add_config_arg, load_params, run_main
-from create_mask import date_flag, read_day
-from generate_data import asi_filename, date_range
+from asi_files import asi_filename, date_flag, date_range, read_day
 
 
 MAX_DISPLAY_PIXELS = 1200  # long side of the displayed grid; larger grids are shown every k-th pixel

@@ -26,6 +26,7 @@ import os
 
 import numpy as np
 
+from asi_files import asi_filename, date_range, to_date  # noqa: F401 (re-exported)
 from config import UserError, run_main
 
 # --------------------------------------------------------------------------- the ASI grid
@@ -38,30 +39,6 @@ FULL_SHAPE = ASI_GRIDS["n3125"][:2]
 HUGHES_1980 = {"semi_major_axis": 6378273.0, "inverse_flattening": 298.279411123064}
 WGS_84 = {"semi_major_axis": 6378137.0, "inverse_flattening": 298.257223563}
 WGS_84_FROM = dt.date(2018, 11, 2)  # files from this day on declare EPSG:3413
-
-
-def asi_filename(date, product="n3125"):
-    """File name of one Bremen ASI day: asi-AMSR2-n3125-20240417-v5.4.nc."""
-    return f"asi-AMSR2-{product}-{to_date(date):%Y%m%d}-v5.4.nc"
-
-
-def to_date(value):
-    """A datetime.date from a date, an int 20240417 or a string '20240417'."""
-    if isinstance(value, dt.date):
-        return value
-    text = str(value)
-    try:
-        return dt.datetime.strptime(text, "%Y%m%d").date()
-    except ValueError:
-        raise UserError(f"{text!r}: expected a date as YYYYMMDD") from None
-
-
-def date_range(start, end):
-    """Every day from start to end inclusive, as datetime.date."""
-    start, end = to_date(start), to_date(end)
-    if end < start:
-        raise UserError(f"end date {end:%Y%m%d} is before start date {start:%Y%m%d}")
-    return [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
 
 
 def asi_grid(shape=FULL_SHAPE):

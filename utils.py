@@ -33,7 +33,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from config import UserError
-from generate_data import to_date
+from asi_files import to_date
 
 
 # --------------------------------------------------------------------------- file readers

@@ -17,7 +17,7 @@ import numpy as np
 
 import plotting
 from config import UserError, add_config_arg, load_params, run_main
-from generate_data import to_date
+from asi_files import to_date
 
 
 def main(argv=None):

@@ -32,7 +32,7 @@ sys.path.insert(0, ROOT)
 import numba  # noqa: E402
 
 from config import SCHEMA, run_main  # noqa: E402
-from consolidate_data import read_frame  # noqa: E402
+from asi_files import read_day  # noqa: E402
 from generate_data import asi_filename, asi_grid, date_range, parse_shape, write_asi_days  # noqa: E402
 from interpolation import fill_gaussian, fill_gaussian_bruteforce, fill_time_linear  # noqa: E402
 
@@ -59,7 +59,7 @@ def timed(fn, *args, **kwargs):
 def bench_kernels(folder, days, brute_frames):
     p = DEFAULTS
     args = (p["time_window"], p["space_window"], p["alpha"], p["sigma"])
-    stack = np.ascontiguousarray(np.stack([read_frame(os.path.join(folder, asi_filename(d))) for d in days]))
+    stack = np.ascontiguousarray(np.stack([read_day(os.path.join(folder, asi_filename(d))) for d in days]))
     fill_time_linear(stack[:, :64].copy(), p["max_time_gap"])  # compile (or load the cache) first
     fill_gaussian(stack[:3, :64], None, None, *args, frames=(1, 2))
     fill_gaussian_bruteforce(stack[:3, :64], None, None, *args, frames=(1, 2))

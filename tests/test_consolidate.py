@@ -126,14 +126,14 @@ def test_calendar_axis_missing_and_unreadable_days(source, tmp_path, capsys):
 def test_read_failure_after_scan_is_a_missing_day(source, tmp_path, monkeypatch):
     """A file whose header opens but whose data cannot be read: warned, all-NaN, listed."""
     broken = os.path.join(source["dir"], generate_data.asi_filename(20240325))
-    real_read = consolidate_data.read_frame
+    real_read = consolidate_data.read_day
 
     def read_frame(path):
         if path == broken:
             raise OSError("HDF5 error: bad chunk")
         return real_read(path)
 
-    monkeypatch.setattr(consolidate_data, "read_frame", read_frame)
+    monkeypatch.setattr(consolidate_data, "read_day", read_frame)
     ds = load(run(source["dir"], tmp_path / "out.zarr", "--batch_size", 4))
     assert ds.missing_dates.values.tolist() == sorted(source["missing"] + [20240325])
     assert not (ds.fill_flag.values[24] == 0).any()

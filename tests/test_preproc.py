@@ -216,7 +216,7 @@ def test_stats_are_train_min_max_after_transform(params, raw_cases, tmp_path):
     assert stats["target"]["min"] == stats["min"][0] and stats["target"]["max"] == stats["max"][0]
     for case in stats["split"]["train"]:
         root = open_store(out, "train", case)
-        x, valid = root["inputs"][:], root["valid"][:]
+        x = root["inputs"][:]
         assert x.min() >= 0 and x.max() <= 1 + 1e-6
     joined = np.concatenate([open_store(out, "train", c)["inputs"][:] for c in stats["split"]["train"]])
     np.testing.assert_allclose(joined.max(axis=(0, 2, 3)), 1.0, rtol=1e-6)  # each channel reaches its max
