@@ -18,6 +18,7 @@ Everything is deterministic for a given seed, and one day (or case) does not
 depend on which other days are generated.
 
     python generate_data.py sea_ice --out data --start 20240401 --end 20240430 --size 896x608
+    python generate_data.py sea_ice          # into paths.sea_ice_data, sea_ice.start_date .. end_date
     python generate_data.py nowcast --out data/raw_dataset --cases 6 --size 128x128 --steps 72
 """
 import argparse
@@ -26,8 +27,8 @@ import os
 
 import numpy as np
 
-from asi_files import asi_filename, date_range, to_date  # noqa: F401 (re-exported)
-from config import UserError, run_main
+from asi_files import asi_filename, date_flag, date_range, to_date  # noqa: F401 (re-exported)
+from config import UserError, add_config_arg, load_params, run_main
 
 # --------------------------------------------------------------------------- the ASI grid
 # rows (y), cols (x), spacing (m), first x centre, first y centre: bremen-asi-format.md
@@ -290,7 +291,7 @@ def write_raw_cases(out_dir, n_cases=4, shape=(96, 96), n_steps=48, seed=0, step
                  for _ in range(rng.integers(6, 14))]
         rain = [_rain_field(cells, t, yy, xx) for t in range(n_steps + nwp_every)]
         gone = {"radar": set(), "label": set(), "nwp": set()}
-        if missing:
+        if missing and n_steps >= 6:  # too short a case keeps every file
             gone["radar"].add(int(rng.integers(2, n_steps - 2)))
             gone["label"].add(int(rng.integers(2, n_steps - 2)))
             if case == 0 and n_steps > 20:
@@ -335,32 +336,36 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="kind", required=True)
-    ice = sub.add_parser("sea_ice", help="Bremen ASI AMSR2 daily NetCDF files")
-    ice.add_argument("--out", required=True, help="output folder (files are written flat)")
-    ice.add_argument("--start", required=True, help="first day, YYYYMMDD")
-    ice.add_argument("--end", required=True, help="last day, YYYYMMDD (inclusive)")
+    ice = add_config_arg(sub.add_parser("sea_ice", help="Bremen ASI AMSR2 daily NetCDF files"))
+    ice.add_argument("--out", help="output folder, files written flat (default: paths.sea_ice_data in params.json)")
+    ice.add_argument("--start", help="first day, YYYYMMDD (default: sea_ice.start_date)")
+    ice.add_argument("--end", help="last day, YYYYMMDD, inclusive (default: sea_ice.end_date)")
     ice.add_argument("--size", default="3584x2432",
                      help="grid ROWSxCOLS on the n3125 extent (default: full n3125, 3584x2432)")
-    ice.add_argument("--absent", default="", help="comma-separated days (YYYYMMDD) to leave out")
+    ice.add_argument("--absent", default="", help="comma-separated days (YYYYMMDD) to leave out (default: none)")
     ice.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    now = sub.add_parser("nowcast", help="raw nowcasting cases (radar, nwp, label)")
-    now.add_argument("--out", required=True, help="raw dataset folder (one sub-folder per case)")
+    now = add_config_arg(sub.add_parser("nowcast", help="raw nowcasting cases (radar, nwp, label)"))
+    now.add_argument("--out", help="raw dataset folder, one sub-folder per case (default: paths.raw_dataset)")
     now.add_argument("--cases", type=int, default=6, help="number of cases (default: 6)")
     now.add_argument("--size", default="128x128", help="grid ROWSxCOLS (default: 128x128)")
     now.add_argument("--steps", type=int, default=72, help="5-minute steps per case (default: 72)")
     now.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     args = parser.parse_args(argv)
+    params = load_params(args.config)
     if args.kind == "sea_ice":
-        absent = [to_date(d) for d in args.absent.split(",") if d.strip()]
-        result = write_asi_days(args.out, args.start, args.end, parse_shape(args.size), args.seed,
-                                absent, progress=True)
-        print(f"wrote {len(result['files'])} days to {args.out} "
+        out = args.out or params["paths"]["sea_ice_data"]
+        start = date_flag("--start", args.start) or params["sea_ice"]["start_date"]
+        end = date_flag("--end", args.end) or params["sea_ice"]["end_date"]
+        absent = [to_date(date_flag("--absent", d)) for d in args.absent.split(",") if d.strip()]
+        result = write_asi_days(out, start, end, parse_shape(args.size), args.seed, absent, progress=True)
+        print(f"wrote {len(result['files'])} days to {out} "
               f"({len(result['absent'])} absent: {', '.join(f'{d:%Y%m%d}' for d in result['absent']) or 'none'})")
     else:
         if args.cases < 1 or args.steps < 2:
             raise UserError("--cases must be >= 1 and --steps >= 2")
-        cases = write_raw_cases(args.out, args.cases, parse_shape(args.size), args.steps, args.seed)
-        print(f"wrote {len(cases)} cases to {args.out}: {', '.join(cases)}")
+        out = args.out or params["paths"]["raw_dataset"]
+        cases = write_raw_cases(out, args.cases, parse_shape(args.size), args.steps, args.seed)
+        print(f"wrote {len(cases)} cases to {out}: {', '.join(cases)}")
     return 0
 
 
