@@ -292,15 +292,15 @@ def write_forecast(path, forecast, valid_times, t0_time, lead_minutes, case):
 
 # --------------------------------------------------------------------------- main
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Score a nowcasting model against persistence and extrapolation, "
-                                                 "or forecast from a new raw case (see the module docstring).")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     config.add_config_arg(parser)
     parser.add_argument("--checkpoint", required=True, help="training.py checkpoint (e.g. outputs/checkpoints/best.pt)")
     parser.add_argument("--split", default="test", choices=("train", "val", "test"), help="split to score (default: test)")
     parser.add_argument("--methods", help="comma-separated: model, persistence, extrapolation "
                                           "(default: evaluation.methods)")
     parser.add_argument("--batch_size", type=int, default=4, help="windows per model call (default: 4)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="training.device")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"),
+                        help="auto: CUDA when present (default: training.device in params.json)")
     parser.add_argument("--predict", metavar="RAW_CASE_DIR", help="forecast from this raw case instead of scoring")
     parser.add_argument("--t0", metavar="YYYYmmddHHMM", help="--predict: forecast from this time (default: the last)")
     parser.add_argument("--output", help="--predict: forecast file, .nc or .zarr "

@@ -37,6 +37,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 
 import numpy as np
@@ -361,20 +362,21 @@ def print_test_report(report, unit):
 
 # --------------------------------------------------------------------------- main
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description="Train a forecast model (see the module docstring).")
+    parser = argparse.ArgumentParser(description="\n\n".join(__doc__.split("\n\n")[:3]),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     config.add_config_arg(parser)
     parser.add_argument("--resume", action="store_true", help="continue from <paths.checkpoints>/last.pt")
-    parser.add_argument("--epochs", type=int, help="total epochs (training.epochs)")
-    parser.add_argument("--batch_size", type=int, help="samples per step and rank (training.batch_size)")
-    parser.add_argument("--lr", type=float, help="AdamW learning rate (training.lr)")
-    parser.add_argument("--steps_per_epoch", type=int, help="training steps per epoch (training.steps_per_epoch)")
-    parser.add_argument("--val_steps", type=int, help="validation batches per epoch (training.val_steps)")
-    parser.add_argument("--seed", type=int, help="random seed (training.seed)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="training.device")
-    parser.add_argument("--num_workers", type=int, help="DataLoader workers (training.num_workers)")
-    parser.add_argument("--task", choices=("nowcast", "sea_ice"), help="task")
-    parser.add_argument("--model", help="model.name (convlstm_unet, encoder_forecaster)")
-    parser.add_argument("--compile", action="store_const", const=True, help="torch.compile the model")
+    parser.add_argument("--epochs", type=int, help="total epochs (default: training.epochs in params.json)")
+    parser.add_argument("--batch_size", type=int, help="samples per step and rank (default: training.batch_size in params.json)")
+    parser.add_argument("--lr", type=float, help="AdamW learning rate (default: training.lr in params.json)")
+    parser.add_argument("--steps_per_epoch", type=int, help="training steps per epoch (default: training.steps_per_epoch in params.json)")
+    parser.add_argument("--val_steps", type=int, help="validation batches per epoch (default: training.val_steps in params.json)")
+    parser.add_argument("--seed", type=int, help="random seed (default: training.seed in params.json)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="auto: CUDA when present (default: training.device in params.json)")
+    parser.add_argument("--num_workers", type=int, help="DataLoader workers (default: training.num_workers in params.json)")
+    parser.add_argument("--task", choices=("nowcast", "sea_ice"), help="what to train on (default: task in params.json)")
+    parser.add_argument("--model", help="convlstm_unet or encoder_forecaster (default: model.name in params.json)")
+    parser.add_argument("--compile", action="store_const", const=True, help="torch.compile the model (default: training.compile in params.json)")
     parser.add_argument("--skip_test", action="store_true", help="do not test the best model after training")
     return parser.parse_args(argv)
 
@@ -471,7 +473,7 @@ def main(argv=None):
     except Diverged as exc:
         kept = f"; the last good checkpoint is {last_path}" if os.path.exists(last_path) else \
             "; no checkpoint was written"
-        print(f"error: training stopped: {exc}{kept} (lower training.lr?)", file=__import__("sys").stderr)
+        print(f"error: training stopped: {exc}{kept} (lower training.lr?)", file=sys.stderr)
         return 1
     finally:
         if world > 1:
