@@ -119,10 +119,14 @@ def score_split(forecaster, params, split, methods, batch_size):
                metrics.ContinuousAccumulator(lead_axis=0, step_minutes=data["time_step_minutes"]),
                metrics.FSSAccumulator(evaluation["thresholds"], evaluation["fss_windows"], lead_axis=0))
            for m in methods}
-    n_windows = 0
-    for name in tqdm(stores, desc=f"evaluate {split}", unit="case"):
+    windows = {}  # store name -> first input step of every valid window (reads only `valid`)
+    for name in stores:
+        valid = zarr.open_group(os.path.join(folder, name), mode="r")["valid"][:]
+        windows[name] = sample_starts(valid, data["input_steps"], data["lead_steps"], data["output_steps"])
+    n_windows = sum(len(w) for w in windows.values())
+    bar = tqdm(total=n_windows, desc=f"evaluate {split} ({', '.join(methods)})", unit="window")
+    for name, starts in windows.items():
         store = zarr.open_group(os.path.join(folder, name), mode="r")
-        starts = sample_starts(store["valid"][:], data["input_steps"], data["lead_steps"], data["output_steps"])
         for first in range(0, len(starts), batch_size):
             batch = starts[first:first + batch_size]
             x = np.stack([store["inputs"][s:s + data["input_steps"]] for s in batch])
@@ -140,7 +144,8 @@ def score_split(forecaster, params, split, methods, batch_size):
                 for i in range(len(batch)):  # per window: (T_out, H, W), lead axis 0
                     for accumulator in acc[method]:
                         accumulator.update(fc[i], obs[i], cover[i])
-            n_windows += len(batch)
+            bar.update(len(batch))
+    bar.close()
     if n_windows == 0:
         raise UserError(f"{folder}: no valid window (input_steps + lead_steps + output_steps longer than the cases?)")
     return acc, n_windows
