@@ -565,6 +565,18 @@ def iiee(pred, obs, pixel_area_km2, land_mask=None, threshold=ICE_EDGE_FRACTION)
 
 
 # --------------------------------------------------------------------------- accumulators
+def _accumulate(total, batch):
+    """total + batch (a copy of batch for the first one); ValueError when the shapes differ
+    (a different number of thresholds or lead times than the earlier batches)."""
+    if total is None:
+        return np.array(batch, copy=True)
+    if total.shape != batch.shape:
+        raise ValueError(f"batch shape {batch.shape} differs from the earlier batches' {total.shape} "
+                         "(different number of thresholds or lead times?)")
+    total += batch
+    return total
+
+
 class ContingencyAccumulator:
     """Contingency tables summed over batches, per threshold (and per lead time).
 
@@ -608,13 +620,7 @@ class ContingencyAccumulator:
         self._add(table)
 
     def _add(self, table):
-        if self.table is None:
-            self.table = table.copy()
-        elif self.table.shape != table.shape:
-            raise ValueError(f"batch table shape {table.shape} differs from {self.table.shape} "
-                             "(different number of lead times?)")
-        else:
-            self.table += table
+        self.table = _accumulate(self.table, table)
 
     def merge(self, other):
         """Add another accumulator's tables (same thresholds) to this one."""
@@ -671,12 +677,7 @@ class ContinuousAccumulator:
                          (p * p).sum(axis=1), (o * o).sum(axis=1), (p * o).sum(axis=1)])
         if self.lead_axis is None:
             sums = sums[:, 0]
-        if self.sums is None:
-            self.sums = sums
-        elif self.sums.shape != sums.shape:
-            raise ValueError(f"batch sums shape {sums.shape} differs from {self.sums.shape}")
-        else:
-            self.sums += sums
+        self.sums = _accumulate(self.sums, sums)
 
     def scores(self):
         """dict: n, mse, rmse, mae, bias, corr, mean_pred, mean_obs [, pmse]: floats or (n_leads,)."""
@@ -739,12 +740,7 @@ class FSSAccumulator:
                                                          threshold, window)
         if self.lead_axis is None:
             sums = sums[..., 0]
-        if self.sums is None:
-            self.sums = sums
-        elif self.sums.shape != sums.shape:
-            raise ValueError(f"batch sums shape {sums.shape} differs from {self.sums.shape}")
-        else:
-            self.sums += sums
+        self.sums = _accumulate(self.sums, sums)
 
     def scores(self):
         """dict: fss, array (n_thresholds, n_windows[, n_leads]); NaN where no event at all."""
