@@ -241,9 +241,7 @@ class ConvLSTM_UNet(nn.Module):
     ConvLSTM reads the whole sequence: the input frames at scale 0, the previous scale's hidden
     sequence max-pooled 2x2 frame by frame below. The time dimension ends there: each scale hands
     its LAST hidden state to the decoder. The decoder starts from the deepest one and, scale by
-    scale, upsamples (bilinear x2, then a 1x1 convolution to the finer scale's channels: a resize-
-    convolution, which leaves no checkerboard pattern, unlike a stride-2 transposed convolution,
-    Odena et al. 2016), concatenates the skip and applies two 3x3
+    scale, upsamples (2x2 transposed convolution), concatenates the skip and applies two 3x3
     conv-GroupNorm-ReLU layers; a 1x1 head gives the output_steps frames.
 
     Any H, W: frames are zero-padded at the bottom and right to a multiple of 2**(depth-1) and
@@ -269,10 +267,8 @@ class ConvLSTM_UNet(nn.Module):
             ConvLSTM(c_in, c_out, kernel_size, True, peephole,
                      None if padded is None else (padded[0] >> level, padded[1] >> level))
             for level, (c_in, c_out) in enumerate(zip([in_channels] + channels[:-1], channels)))
-        self.upsample = nn.ModuleList(
-            nn.Sequential(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
-                          nn.Conv2d(channels[level + 1], channels[level], kernel_size=1))
-            for level in range(depth - 1))
+        self.upsample = nn.ModuleList(nn.ConvTranspose2d(channels[level + 1], channels[level], 2, stride=2)
+                                      for level in range(depth - 1))
         self.decoders = nn.ModuleList(_conv_block(2 * channels[level], channels[level]) for level in range(depth - 1))
         self.head = nn.Conv2d(channels[0], output_steps, kernel_size=1)
 
