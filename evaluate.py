@@ -31,6 +31,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 
 import numpy as np
 import torch
@@ -290,7 +291,9 @@ def write_forecast(path, forecast, valid_times, t0_time, lead_minutes, case):
         ds.to_netcdf(tmp, encoding={"rain_rate": {"zlib": True, "complevel": 4}})
         os.replace(tmp, path)
     else:
-        ds.to_zarr(tmp, mode="w", consolidated=False)
+        with warnings.catch_warnings():  # "consolidated metadata is not part of the v3 spec": xarray uses it
+            warnings.simplefilter("ignore")
+            ds.to_zarr(tmp, mode="w", consolidated=True)  # so xr.open_zarr opens it without a warning
         shutil.rmtree(path, ignore_errors=True)
         os.rename(tmp, path)
 

@@ -102,6 +102,13 @@ def test_predict_writes_a_forecast_file(trained, raw_cases, tmp_path):
         assert ds.attrs["forecast_reference_time"] == f"{last[:4]}-{last[4:6]}-{last[6:8]}T{last[8:10]}:{last[10:12]}Z"
         assert np.isfinite(ds.rain_rate.values).all() and (ds.rain_rate.values >= 0).all()
     assert os.path.exists(tmp_path / "forecast.png")
+    # the same forecast as a Zarr store
+    store = tmp_path / "forecast.zarr"
+    assert evaluate.main(["--config", trained["config"], "--checkpoint", trained["checkpoint"],
+                          "--predict", os.path.join(raw_cases["dir"], case), "--output", str(store)]) == 0
+    with xr.open_dataset(out) as nc, xr.open_zarr(store) as zr:
+        assert np.array_equal(nc.rain_rate.values, zr.rain_rate.values)
+        assert np.array_equal(nc.time.values, zr.time.values)
 
 
 @pytest.mark.parametrize("extra, message", [
