@@ -18,43 +18,9 @@ import sys
 import numpy as np
 from tqdm import tqdm
 
-from config import UserError, add_config_arg, load_params, run_main
 from asi_files import asi_filename, date_flag, date_range, read_day
-
-
-MAX_DISPLAY_PIXELS = 1200  # long side of the displayed grid; larger grids are shown every k-th pixel
-
-
-def plot_roi(frame, roi, title, path):
-    """Save the full frame (H, W) in % with the ROI (ymin, ymax, xmin, xmax) outlined in red (PNG)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
-
-    ymin, ymax, xmin, xmax = roi
-    n_y, n_x = frame.shape
-    stride = max(1, -(-max(n_y, n_x) // MAX_DISPLAY_PIXELS))  # a full n3125 frame: every 3rd pixel
-    shown = frame[::stride, ::stride]
-    extent = (-0.5, shown.shape[1] * stride - 0.5, -0.5, shown.shape[0] * stride - 0.5)  # pixel units
-    fig, ax = plt.subplots(figsize=(7.0, float(np.clip(6.0 * n_y / n_x, 4.0, 11.0))))
-    cmap = plt.get_cmap("Blues_r").with_extremes(bad="0.55")  # NaN (land, pole hole, gaps) in grey
-    image = ax.imshow(shown, origin="lower", extent=extent, cmap=cmap, vmin=0, vmax=100,
-                      interpolation="nearest")
-    ax.set_xlim(-0.5, n_x - 0.5)
-    ax.set_ylim(-0.5, n_y - 0.5)
-    ax.add_patch(Rectangle((xmin - 0.5, ymin - 0.5), xmax - xmin, ymax - ymin,
-                           fill=False, edgecolor="red", linewidth=2))
-    ax.set_xlabel("x (pixel column)")
-    ax.set_ylabel("y (pixel row, 0 = south edge)")
-    ax.set_title(title + (f" (shown at 1/{stride} resolution)" if stride > 1 else ""), fontsize=10)
-    fig.colorbar(image, ax=ax, shrink=0.8, label="sea-ice concentration (%), grey: NaN")
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+from config import UserError, add_config_arg, load_params, run_main
+from plotting import plot_roi_pixels
 
 
 def main(argv=None):
@@ -129,7 +95,7 @@ def main(argv=None):
         raise UserError(f"{source_dir}: no readable asi-AMSR2-{ice['product']}-*.nc file for "
                         f"{days[0]:%Y%m%d}..{days[-1]:%Y%m%d}")
 
-    plot_roi(first_frame, (ymin, ymax, xmin, xmax),
+    plot_roi_pixels(first_frame, (ymin, ymax, xmin, xmax),
              f"ROI {roi_text} ({ymax - ymin}x{xmax - xmin} pixels), {first_day:%Y-%m-%d}\n"
              f"{os.path.basename(first_path)}", output_file)
     n_checked = len(days) - len(missing) - len(unreadable)

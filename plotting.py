@@ -489,6 +489,30 @@ def plot_roi_map(z, grid, roi, out_path, title="Region of interest", coastline_p
     return MapResult(save_figure(fig, out_path), drawn, stride)
 
 
+def plot_roi_pixels(frame, roi, title, out_path):
+    """The full frame (H, W) in % on pixel axes (row 0 = south edge) with roi = (ymin, ymax, xmin, xmax),
+    end exclusive, outlined in red: the figure of find_several_data_in_target_area.py, where the user
+    reads pixel indices. Returns out_path."""
+    ymin, ymax, xmin, xmax = roi
+    n_y, n_x = frame.shape
+    stride = display_stride(frame.shape)
+    shown = frame[::stride, ::stride]
+    extent = (-0.5, shown.shape[1] * stride - 0.5, -0.5, shown.shape[0] * stride - 0.5)  # pixel units
+    fig, ax = plt.subplots(figsize=(7.0, float(np.clip(6.0 * n_y / n_x, 4.0, 11.0))))
+    image = ax.imshow(shown, origin="lower", extent=extent, cmap=sea_ice_cmap(), vmin=0, vmax=100,
+                      interpolation="nearest")
+    ax.set_xlim(-0.5, n_x - 0.5)
+    ax.set_ylim(-0.5, n_y - 0.5)
+    ax.add_patch(Rectangle((xmin - 0.5, ymin - 0.5), xmax - xmin, ymax - ymin,
+                           fill=False, edgecolor="red", linewidth=2))
+    ax.set_xlabel("x (pixel column)")
+    ax.set_ylabel("y (pixel row, 0 = south edge)")
+    ax.set_title(title + (f" (shown at 1/{stride} resolution)" if stride > 1 else ""), fontsize=10)
+    fig.colorbar(image, ax=ax, shrink=0.8, label="sea-ice concentration (%), grey: NaN")
+    fig.tight_layout()
+    return save_figure(fig, out_path)
+
+
 # --------------------------------------------------------------------------- nowcasting
 def check_forecast_shapes(inputs, target, prediction, lead_minutes):
     """ValueError unless inputs (T_in, H, W), target = prediction (T_out, H, W), T_out lead times."""
