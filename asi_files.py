@@ -51,6 +51,19 @@ def date_flag(flag, text):
         raise UserError(f"{flag} {exc}") from None
 
 
+def add_day_range_args(parser):
+    """--source_dir, --start_date, --end_date (the seed's flags); None when not given, so the
+    params.json values (paths.sea_ice_data, sea_ice.start_date/end_date) apply."""
+    parser.add_argument("--source_dir", default=None,
+                        help="folder of daily asi-AMSR2-<product>-YYYYMMDD-v5.4.nc files "
+                             "(default: paths.sea_ice_data in params.json)")
+    parser.add_argument("--start_date", default=None,
+                        help="first day, YYYYMMDD (default: sea_ice.start_date in params.json)")
+    parser.add_argument("--end_date", default=None,
+                        help="last day, YYYYMMDD, inclusive (default: sea_ice.end_date in params.json)")
+    return parser
+
+
 def format_dates(dates, limit=20):
     """'20240405, 20240406' (at most `limit` dates, then '... (N in all)')."""
     text = ", ".join(f"{d:%Y%m%d}" for d in dates[:limit])

@@ -26,7 +26,7 @@ import netCDF4
 import numpy as np
 from tqdm import tqdm
 
-from asi_files import asi_filename, date_flag, date_range, format_dates, read_day, read_grid
+from asi_files import add_day_range_args, asi_filename, date_flag, date_range, format_dates, read_day, read_grid
 from config import UserError, add_config_arg, load_params, run_main
 
 
@@ -66,13 +66,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arg(parser)
-    parser.add_argument("--source_dir", default=None,
-                        help="folder of daily asi-AMSR2-<product>-YYYYMMDD-v5.4.nc files "
-                             "(default: paths.sea_ice_data in params.json, 'data')")
-    parser.add_argument("--start_date", default=None,
-                        help="first day, YYYYMMDD (default: sea_ice.start_date, 20240401)")
-    parser.add_argument("--end_date", default=None,
-                        help="last day, YYYYMMDD, inclusive (default: sea_ice.end_date, 20240430)")
+    add_day_range_args(parser)
     parser.add_argument("--output_file", default=None,
                         help="mask NetCDF to write (default: sea_ice.land_mask_file when set, "
                              "else ./land_mask.nc)")

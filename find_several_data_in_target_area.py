@@ -18,7 +18,7 @@ import sys
 import numpy as np
 from tqdm import tqdm
 
-from asi_files import asi_filename, date_flag, date_range, read_day
+from asi_files import add_day_range_args, asi_filename, date_flag, date_range, read_day
 from config import UserError, add_config_arg, load_params, run_main
 from plotting import plot_roi_pixels
 
@@ -27,11 +27,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arg(parser)
-    parser.add_argument("--source_dir", default=None,
-                        help="folder of daily asi-AMSR2-<product>-YYYYMMDD-v5.4.nc files "
-                             "(default: paths.sea_ice_data in params.json, 'data')")
-    parser.add_argument("--start_date", default=None, help="first day, YYYYMMDD (default: sea_ice.start_date)")
-    parser.add_argument("--end_date", default=None, help="last day, YYYYMMDD, inclusive (default: sea_ice.end_date)")
+    add_day_range_args(parser)
     for name, what in (("ymin", "first ROI row"), ("ymax", "ROI row end, exclusive"),
                        ("xmin", "first ROI column"), ("xmax", "ROI column end, exclusive")):
         parser.add_argument(f"--{name}", type=int, default=None,
