@@ -83,16 +83,26 @@ def masked_loss(pred, target, mask, name, weights=None):
     return per_pixel.sum() / mask.sum().clamp(min=1)
 
 
+def task_loss(pred, y, mask, task, loss_cfg):
+    """training.loss on one batch: weighted_mse weights come from the true target in physical units
+    (mm/h); the sea-ice task (no rain-rate stats) uses plain mse for weighted_mse."""
+    weights = None
+    if loss_cfg["name"] == "weighted_mse" and task.stats is not None:
+        weights = intensity_weights(task.to_physical(y), loss_cfg["thresholds"], loss_cfg["weights"])
+    return masked_loss(pred, y, mask, "mae" if loss_cfg["name"] == "mae" else "mse", weights)
+
+
 # --------------------------------------------------------------------------- tasks
 class NowcastTask:
     """Batches from dataset.load_datasets; physical units mm/h."""
 
     def __init__(self, params):
-        from dataset import load_datasets, load_stats
-        self.stats = load_stats(params["paths"]["processed_data"])
-        loaders = load_datasets(params)
-        self.datasets = [loader.dataset for loader in loaders]
-        self.collate = loaders[0].collate_fn
+        from dataset import SPLITS, ZarrPatchDataset, load_stats, pad_collate
+        processed = params["paths"]["processed_data"]
+        self.stats = load_stats(processed)
+        self.datasets = [ZarrPatchDataset(os.path.join(processed, split), params, train=(split == "train"))
+                         for split in SPLITS]
+        self.collate = pad_collate
         self.in_channels = len(self.stats["channels"])
         self.step_minutes = params["data"]["time_step_minutes"]
         self.lead_minutes = [self.step_minutes * (params["data"]["lead_steps"] + k)
@@ -258,8 +268,7 @@ def cycle(loader, sampler, epoch):
 # --------------------------------------------------------------------------- train / validate / test
 def train_epoch(model, task, loader, sampler, optimizer, params, epoch, step, device, rank):
     """One epoch of training.steps_per_epoch steps. Returns (mean loss, samples, new step)."""
-    training, loss_cfg = params["training"], params["training"]["loss"]
-    use_weights = loss_cfg["name"] == "weighted_mse" and task.stats is not None
+    training = params["training"]
     amp = training["amp"] and device.type == "cuda"
     model.train()
     total, n_samples = 0.0, 0
@@ -270,10 +279,7 @@ def train_epoch(model, task, loader, sampler, optimizer, params, epoch, step, de
         x, y, mask = task.unpack(next(batches), device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             pred = model(x)
-        pred = pred.float()
-        weights = intensity_weights(task.to_physical(y), loss_cfg["thresholds"], loss_cfg["weights"]) \
-            if use_weights else None
-        loss = masked_loss(pred, y, mask, "mae" if loss_cfg["name"] == "mae" else "mse", weights)
+        loss = task_loss(pred.float(), y, mask, task, training["loss"])
         step += 1
         if not torch.isfinite(loss):
             raise Diverged(f"loss is {loss.item()} at epoch {epoch + 1}, step {step}")
@@ -289,8 +295,6 @@ def train_epoch(model, task, loader, sampler, optimizer, params, epoch, step, de
 @torch.no_grad()
 def validate(model, task, loader, params, device, world):
     """Mean loss over the first training.val_steps batches of every rank (summed over ranks)."""
-    loss_cfg = params["training"]["loss"]
-    use_weights = loss_cfg["name"] == "weighted_mse" and task.stats is not None
     amp = params["training"]["amp"] and device.type == "cuda"
     model.eval()
     sums = torch.zeros(2, dtype=torch.float64, device=device)
@@ -300,10 +304,8 @@ def validate(model, task, loader, params, device, world):
         x, y, mask = task.unpack(batch, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             pred = model(x).float()
-        weights = intensity_weights(task.to_physical(y), loss_cfg["thresholds"], loss_cfg["weights"]) \
-            if use_weights else None
-        sums += torch.stack([masked_loss(pred, y, mask, "mae" if loss_cfg["name"] == "mae" else "mse", weights)
-                             .double(), torch.ones((), dtype=torch.float64, device=device)])
+        sums += torch.stack([task_loss(pred, y, mask, task, params["training"]["loss"]).double(),
+                             torch.ones((), dtype=torch.float64, device=device)])
     if world > 1:
         dist.all_reduce(sums)
     return (sums[0] / sums[1].clamp(min=1)).item()
