@@ -43,7 +43,7 @@ import config
 import metrics
 from config import UserError
 from model import build_model
-from preproc import EPOCH, denormalize, denormalize_target, sample_starts, scan_case, write_case
+from preproc import EPOCH, denormalize_target, sample_starts, scan_case, target_input_frames, write_case
 from training import load_checkpoint, pick_device
 
 CATEGORICAL = ("csi", "pod", "far", "hss", "ets", "frequency_bias", "accuracy", "precision", "f1")
@@ -60,17 +60,10 @@ class Forecaster:
         self.model, self.stats, self.device = model, stats, device
         data = params["data"]
         self.leads = [data["lead_steps"] + k for k in range(data["output_steps"])]  # steps after t0
-        target = stats["target"]
-        pairs = list(zip(stats["sources"], stats["channels"]))
-        key = (target["source"], target["channel"])
-        self.target_channel = pairs.index(key) if key in pairs else None
 
     def last_target_frames(self, x):
-        """The target channel of the inputs in mm/h, (T_in, H, W); None if the target is no input."""
-        if self.target_channel is None:
-            return None
-        c, s = self.target_channel, self.stats
-        return denormalize(x[:, c], s["min"][c], s["max"][c], s["transform"][c])
+        """The target channel of the inputs x (T_in, C, H, W) in mm/h, (T_in, H, W); None if it is no input."""
+        return target_input_frames(x, self.stats)
 
     @torch.no_grad()
     def model_forecast(self, x):

@@ -146,6 +146,20 @@ def normalize_target(x, stats):
     return normalize(x, target["min"], target["max"], target["transform"])
 
 
+def target_input_frames(x, stats):
+    """The target's channel among the inputs, in physical units (mm/h), or None when the target is no input.
+
+    x: normalised inputs (..., T, C, H, W), numpy or torch. Returns (..., T, H, W): what persistence
+    and extrapolation forecast from.
+    """
+    target = stats["target"]
+    pairs = list(zip(stats["sources"], stats["channels"]))
+    if (target["source"], target["channel"]) not in pairs:
+        return None
+    c = pairs.index((target["source"], target["channel"]))
+    return denormalize(x[..., c, :, :], stats["min"][c], stats["max"][c], stats["transform"][c])
+
+
 def load_stats(processed_dir):
     """Read <processed_dir>/stats.json (written by preproc.py)."""
     path = os.path.join(processed_dir, "stats.json")

@@ -108,11 +108,6 @@ class NowcastTask:
         self.lead_minutes = [self.step_minutes * (params["data"]["lead_steps"] + k)
                              for k in range(params["data"]["output_steps"])]
         self.thresholds = params["evaluation"]["thresholds"]
-        target = self.stats["target"]
-        pairs = list(zip(self.stats["sources"], self.stats["channels"]))
-        # the target among the input channels, for persistence (None when it is not an input)
-        self.target_channel = pairs.index((target["source"], target["channel"])) \
-            if (target["source"], target["channel"]) in pairs else None
         self.pixel_area_km2 = None
 
     def unpack(self, batch, device):
@@ -126,12 +121,9 @@ class NowcastTask:
 
     def persistence(self, x):
         """Last input frame of the target channel in mm/h, repeated: (B, T_out, 1, H, W); None if not an input."""
-        if self.target_channel is None:
-            return None
-        from preproc import denormalize
-        c, s = self.target_channel, self.stats
-        last = denormalize(x[:, -1:, c:c + 1], s["min"][c], s["max"][c], s["transform"][c])
-        return last.expand(-1, len(self.lead_minutes), -1, -1, -1)
+        from preproc import target_input_frames
+        last = target_input_frames(x[:, -1:], self.stats)  # (B, 1, H, W)
+        return None if last is None else last[:, :, None].expand(-1, len(self.lead_minutes), -1, -1, -1)
 
     def set_epoch(self, epoch):
         self.datasets[0].set_epoch(epoch)
