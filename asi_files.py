@@ -13,7 +13,7 @@ import datetime as dt
 import netCDF4
 import numpy as np
 
-from config import UserError
+from config import UserError, parse_date
 
 
 # --------------------------------------------------------------------------- names and dates
@@ -26,11 +26,10 @@ def to_date(value):
     """A datetime.date from a date, an int 20240417 or a string '20240417'."""
     if isinstance(value, dt.date):
         return value
-    text = str(value)
-    try:
-        return dt.datetime.strptime(text, "%Y%m%d").date()
-    except ValueError:
-        raise UserError(f"{text!r}: expected a date as YYYYMMDD") from None
+    day = parse_date(value)
+    if day is None:
+        raise UserError(f"{str(value)!r}: expected a calendar day as YYYYMMDD (8 digits)")
+    return day
 
 
 def date_range(start, end):

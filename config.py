@@ -15,6 +15,7 @@ stderr and exits with status 2, with no traceback.
 """
 import argparse
 import copy
+import datetime
 import difflib
 import json
 import os
@@ -46,10 +47,11 @@ class Key:
     """A leaf of the schema: expected type(s), default, allowed values, doc."""
 
     def __init__(self, types, default=REQUIRED, doc="", unit="", choices=None, items=None,
-                 minimum=None, nullable=False):
+                 minimum=None, nullable=False, date=False):
         self.types = types if isinstance(types, tuple) else (types,)
         self.default, self.doc, self.unit = default, doc, unit
         self.choices, self.items, self.minimum, self.nullable = choices, items, minimum, nullable
+        self.date = date  # an int YYYYMMDD that must be a real calendar day
 
 
 class Section(dict):
@@ -85,8 +87,8 @@ SCHEMA = Section(
         product=Key(str, "n3125", "Bremen ASI grid", choices=("n3125", "n6250", "s3125", "s6250")),
         base_url=Key(str, "https://data.seaice.uni-bremen.de/amsr2/asi_daygrid_swath/{product}/netcdf",
                      "download root; {product} is substituted; files at <base_url>/<YYYY>/<name>"),
-        start_date=Key(int, 20240401, "first day (YYYYMMDD)"),
-        end_date=Key(int, 20240430, "last day, inclusive (YYYYMMDD)"),
+        start_date=Key(int, 20240401, "first day (YYYYMMDD)", date=True),
+        end_date=Key(int, 20240430, "last day, inclusive (YYYYMMDD)", date=True),
         consolidated_file=Key(str, "data/sea_ice_concentration.nc", "consolidate_data.py output (.nc or .zarr)"),
         land_mask_file=Key(str, "", "land mask NetCDF (create_mask.py output); empty: none"),
         batch_size=Key(int, 30, "frames filled per batch (memory grows with it, results do not change)", "days", minimum=1),
@@ -208,6 +210,17 @@ def _is_instance(value, types):
     return isinstance(value, tuple(flat))
 
 
+def parse_date(value):
+    """A datetime.date from an int or str YYYYMMDD of exactly 8 digits; None when it is not a real day."""
+    text = str(value)
+    if len(text) != 8 or not text.isdigit():
+        return None
+    try:
+        return datetime.datetime.strptime(text, "%Y%m%d").date()
+    except ValueError:
+        return None
+
+
 def _check_leaf(path, key, value):
     if value is None and key.nullable:
         return value
@@ -215,6 +228,8 @@ def _check_leaf(path, key, value):
         raise UserError(f"{path}: expected {_type_name(key.types)}, got {type(value).__name__} {value!r}")
     if key.choices is not None and value not in key.choices:
         raise UserError(f"{path}: expected one of {', '.join(map(str, key.choices))}, got {value!r}")
+    if key.date and parse_date(value) is None:
+        raise UserError(f"{path}: expected a calendar day as YYYYMMDD (8 digits), got {value!r}")
     if key.minimum is not None and not isinstance(value, list) and value < key.minimum:
         raise UserError(f"{path}: expected a value >= {key.minimum}, got {value!r}")
     if isinstance(value, list) and key.items is not None:
@@ -335,10 +350,17 @@ def load_params(path=DEFAULT_CONFIG, overrides=None):
         params = validate(raw)
     except UserError as exc:
         raise UserError(f"{path}: {exc}") from None
-    for dotted, value in (overrides or {}).items():
+    overrides = overrides or {}
+    for dotted, value in overrides.items():
         if value is not None:
             set_dotted(params, dotted, value)
-    return validate(params)
+    try:
+        return validate(params)
+    except UserError as exc:  # name the flag when the bad value came from the command line
+        flags = getattr(overrides, "flags", {})
+        given = [k for k, v in overrides.items() if v is not None and str(exc).startswith(k)]
+        flag = flags.get(max(given, key=len)) if given else None
+        raise UserError(f"{flag}: {exc}" if flag else str(exc)) from None
 
 
 def add_config_arg(parser):
@@ -346,6 +368,80 @@ def add_config_arg(parser):
     parser.add_argument("--config", default=DEFAULT_CONFIG, metavar="PATH",
                         help=f"params.json to read (default: ./{DEFAULT_CONFIG}); flags override its values")
     return parser
+
+
+# --------------------------------------------------------------------------- command-line overrides
+_FLAG_DEST = "override:"  # argparse dest prefix of flags that override a params.json key
+_PY_TYPES = {int: int, float: float, str: str}
+
+
+def _flag_type(key):
+    """argparse `type` for a schema key: numbers parsed, dates checked, errors name the flag."""
+    if key.date:
+        def parse(text):
+            if parse_date(text) is None:
+                raise argparse.ArgumentTypeError(f"expected a calendar day as YYYYMMDD, got {text!r}")
+            return int(text)
+        return parse
+    flat = [t for t in key.types for t in (t if isinstance(t, tuple) else (t,))]
+    return float if float in flat else _PY_TYPES.get(flat[0], str)
+
+
+def add_override_flags(parser, table):
+    """Add one flag per row of `table`, each overriding one params.json key.
+
+    table: rows (flags, dotted key) or (flags, dotted key, {argparse kwargs}); flags is a name
+    ("--batch_size") or a tuple of names ("-o", "--output_dir"). Type, choices, default, unit and
+    help come from SCHEMA (kwargs may add "help" text or a "metavar"). Every underscore name also
+    answers to its hyphenated spelling. A flag not given leaves the file's value; collect the
+    given ones with `overrides_from(args)`. Returns the parser.
+    """
+    for row in table:
+        flags, dotted, extra = (tuple(row) + ({},))[:3]
+        flags = (flags,) if isinstance(flags, str) else tuple(flags)
+        names = list(dict.fromkeys(n for f in flags for n in (f, f.replace("_", "-")) if n.startswith("-")))
+        key = get_dotted(SCHEMA, dotted)
+        kwargs = dict(extra)
+        unit = f" {key.unit}" if key.unit else ""
+        default = "required" if key.default is REQUIRED else json.dumps(key.default)
+        kwargs["help"] = f"{kwargs.get('help', key.doc)} (default: {dotted} in params.json, {default}{unit})"
+        if key.choices is not None:
+            kwargs.setdefault("choices", key.choices)
+        if key.types == (bool,):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif key.types == (list,):
+            items = key.items if isinstance(key.items, tuple) else (key.items,)
+            kwargs.update(nargs="+", type=float if float in items else _PY_TYPES.get(items[0], str))
+        else:
+            kwargs.setdefault("type", _flag_type(key))
+        if "action" not in kwargs and "choices" not in kwargs:
+            kwargs.setdefault("metavar", "YYYYMMDD" if key.date else dotted.rsplit(".", 1)[-1].upper())
+        flag = next((n for n in names if n.startswith("--")), names[0])
+        parser.add_argument(*names, dest=f"{_FLAG_DEST}{dotted}|{flag}", default=None, **kwargs)
+    return parser
+
+
+class Overrides(dict):
+    """{dotted key: value} from the command line; `.flags` maps each key to its flag for error messages."""
+
+    def __init__(self, values=(), flags=None):
+        super().__init__(values)
+        self.flags = dict(flags or {})
+
+
+def overrides_from(args):
+    """Overrides {dotted key: value} of the override flags in parsed `args` (None: not given)."""
+    values, flags = {}, {}
+    for dest, value in vars(args).items():
+        if dest.startswith(_FLAG_DEST):
+            dotted, flag = dest[len(_FLAG_DEST):].split("|")
+            values[dotted], flags[dotted] = value, flag
+    return Overrides(values, flags)
+
+
+def flag_value(args, dotted):
+    """The value given on the command line for the flag of `dotted` (None when not given)."""
+    return overrides_from(args).get(dotted)
 
 
 # --------------------------------------------------------------------------- reference

@@ -11,8 +11,8 @@ A sample is a dict:
     time     (output_steps,)          int64    target times, minutes since 1970-01-01 00:00 UTC
     case     str                               case id
 Batches (pad_collate) stack these along a new first axis B; `case` becomes a list of str.
-`denormalize_target(y, stats)` (from preproc.py, re-exported here) turns y or a prediction into
-physical units (mm/h); `load_stats(processed_dir)` reads stats.json.
+`normalization.denormalize_target(y, stats)` turns y or a prediction into physical units (mm/h);
+`normalization.load_stats(processed_dir)` reads stats.json.
 
 `ZarrPatchDataset(split_dir, params, train=True)`:
 - At init it opens every <split_dir>/*.zarr, reads only `valid (T,)` and `time (T,)` and builds
@@ -42,7 +42,7 @@ import zarr
 from torch.utils.data import DataLoader, Dataset
 
 from config import UserError
-from preproc import channel_list, denormalize_target, load_stats, normalize_target, sample_starts  # noqa: F401
+from normalization import channel_list, sample_starts, window_steps
 
 SPLITS = ("train", "val", "test")
 
@@ -52,7 +52,7 @@ class ZarrPatchDataset(Dataset):
 
     def __init__(self, split_dir, params, train=True, full_frame=None, seed=None):
         data = params["data"]
-        self.split_dir, self.params, self.train = split_dir, params, train
+        self.split_dir, self.params, self.data, self.train = split_dir, params, data, train
         self.input_steps, self.lead_steps = data["input_steps"], data["lead_steps"]
         self.output_steps, self.patch_size = data["output_steps"], data["patch_size"]
         self.full_frame = (not train and data["eval_full_frame"]) if full_frame is None else bool(full_frame)
@@ -75,7 +75,7 @@ class ZarrPatchDataset(Dataset):
             self.grids.append(tuple(attrs["grid_shape"]))
             self.rain_blocks.append(attrs["rain_block"])
             self.times.append(root["time"][:])
-            starts = sample_starts(root["valid"][:], self.input_steps, self.lead_steps, self.output_steps)
+            starts = sample_starts(root["valid"][:], data)
             rows.append(np.stack([np.full(len(starts), index, dtype=np.int64), starts], axis=1))
         self.sample_map = np.concatenate(rows)  # (N, 2): store index, first input step
         if not len(self.sample_map):
@@ -126,8 +126,7 @@ class ZarrPatchDataset(Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, int(index)])
         want_rain = rng.random() < self.rain_patch_prob
         if want_rain:
-            first_target = start + self.input_steps - 1 + self.lead_steps
-            rain = self._store(store)["rain_max"][first_target:first_target + self.output_steps]
+            rain = self._store(store)["rain_max"][window_steps(start, self.data)[1]]
         for _ in range(self.crop_tries if want_rain else 1):
             y0, x0 = int(rng.integers(0, n_y - size_y + 1)), int(rng.integers(0, n_x - size_x + 1))
             if want_rain and self._has_rain(rain, self.rain_blocks[store], (n_y, n_x), y0, x0, size_y, size_x):
@@ -138,10 +137,9 @@ class ZarrPatchDataset(Dataset):
         store, start = self.sample_map[index]
         arrays = self._store(store)
         y0, x0, size_y, size_x = self.crop(index)
-        first_target = start + self.input_steps - 1 + self.lead_steps
-        targets = slice(first_target, first_target + self.output_steps)
+        inputs, targets = window_steps(start, self.data)
         rows, cols = slice(y0, y0 + size_y), slice(x0, x0 + size_x)
-        x = arrays["inputs"][start:start + self.input_steps, :, rows, cols]
+        x = arrays["inputs"][inputs, :, rows, cols]
         y = arrays["target"][targets, rows, cols][:, None]
         coverage = arrays["coverage"][targets, rows, cols][:, None]
         if not self.full_frame and (size_y < self.patch_size or size_x < self.patch_size):

@@ -59,10 +59,11 @@ def middle_forecast_time(store_path, params):
     import datetime as dt
 
     import zarr
-    from preproc import EPOCH, sample_starts
+    from normalization import sample_starts
+    from preproc import EPOCH
     data = params["data"]
     store = zarr.open_group(store_path, mode="r")
-    starts = sample_starts(store["valid"][:], data["input_steps"], data["lead_steps"], data["output_steps"])
+    starts = sample_starts(store["valid"][:], data)
     t0 = int(starts[len(starts) // 2]) + data["input_steps"] - 1
     return f"{EPOCH + dt.timedelta(minutes=int(store['time'][t0])):%Y%m%d%H%M}"
 

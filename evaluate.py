@@ -43,7 +43,8 @@ import config
 import metrics
 from config import UserError
 from model import build_model
-from preproc import EPOCH, denormalize_target, sample_starts, scan_case, target_input_frames, write_case
+from normalization import denormalize_target, sample_starts, target_input_frames, window_steps
+from preproc import EPOCH, scan_case, write_case
 from training import load_checkpoint, pick_device
 
 CATEGORICAL = ("csi", "pod", "far", "hss", "ets", "frequency_bias", "accuracy", "precision", "f1")
@@ -116,18 +117,17 @@ def score_split(forecaster, params, split, methods, batch_size):
     windows = {}  # store name -> first input step of every valid window (reads only `valid`)
     for name in stores:
         valid = zarr.open_group(os.path.join(folder, name), mode="r")["valid"][:]
-        windows[name] = sample_starts(valid, data["input_steps"], data["lead_steps"], data["output_steps"])
+        windows[name] = sample_starts(valid, data)
     n_windows = sum(len(w) for w in windows.values())
     bar = tqdm(total=n_windows, desc=f"evaluate {split} ({', '.join(methods)})", unit="window")
     for name, starts in windows.items():
         store = zarr.open_group(os.path.join(folder, name), mode="r")
         for first in range(0, len(starts), batch_size):
             batch = starts[first:first + batch_size]
-            x = np.stack([store["inputs"][s:s + data["input_steps"]] for s in batch])
-            t_first = [s + data["input_steps"] - 1 + data["lead_steps"] for s in batch]
-            obs = denormalize_target(np.stack([store["target"][t:t + data["output_steps"]] for t in t_first]),
-                                     forecaster.stats)
-            cover = np.stack([store["coverage"][t:t + data["output_steps"]] for t in t_first])
+            steps = [window_steps(s, data) for s in batch]
+            x = np.stack([store["inputs"][inputs] for inputs, _ in steps])
+            obs = denormalize_target(np.stack([store["target"][targets] for _, targets in steps]), forecaster.stats)
+            cover = np.stack([store["coverage"][targets] for _, targets in steps])
             forecasts = {}
             if "model" in methods:
                 forecasts["model"] = forecaster.model_forecast(x)

@@ -46,8 +46,8 @@ The seven steps of the seed:
 5. Per-channel min/max after the transform, from the files of the training cases only, read one
    file at a time (interpolated values lie between file values, so they cannot extend the range).
 6. Normalise: x_norm = (transform(x) - min) / (max - min) (max == min: x_norm = transform(x) - min),
-   NaN -> 0; `log1p` is log1p(max(x, 0)) (negative rain rates count as 0). The inverse,
-   `denormalize_target(y, stats)` (mm/h for rain), is defined here and re-exported by dataset.py.
+   NaN -> 0; `log1p` is log1p(max(x, 0)) (negative rain rates count as 0). The transforms, the
+   scaling and its inverse `denormalize_target(y, stats)` (mm/h for rain) live in normalization.py.
    Each case is processed in tiles of all T steps x 128 rows x as many 128-column chunk columns
    as fit in TILE_BYTES (64 MiB; memory stays a few tiles whatever the grid) and written to
    <case>.zarr.tmp, renamed when complete; stores of cases no longer in a split are
@@ -73,6 +73,7 @@ from tqdm import tqdm
 
 from config import SCHEMA, UserError, add_config_arg, get_dotted, load_params, run_main
 from interpolation import fill_time_linear
+from normalization import channel_list, normalize_inplace, sample_starts, transform
 
 SPLITS = ("train", "val", "test")
 EPOCH = dt.datetime(1970, 1, 1)
@@ -84,110 +85,6 @@ CHUNK_XY = 128   # rows / columns per chunk: a 128 x 128 patch touches at most 4
 COMPRESSOR = ZstdCodec(level=1)  # radar fields are mostly 0: ~20x smaller, fast to decode
 RAIN_BLOCK = 8   # side (pixels) of the rain_max blocks
 TILE_BYTES = 64 * 2**20  # a case is processed in tiles of about this size (all steps, channels)
-
-
-# --------------------------------------------------------------------------- normalisation
-# Transforms (data.transform, per channel): "none", or "log1p" = log1p(max(x, 0)), whose inverse is
-# expm1(max(v, 0)) (negative rain rates count as 0; a prediction below 0 comes back as 0 mm/h).
-def transform(x, name):
-    """Apply a channel transform to physical values x (numpy, any shape)."""
-    return np.log1p(np.maximum(x, 0)) if name == "log1p" else x
-
-
-def inverse_transform(v, name):
-    """Inverse of `transform` for numpy arrays and torch tensors (device and autograd kept)."""
-    if name != "log1p":
-        return v
-    if hasattr(v, "clamp"):  # a torch tensor
-        return v.clamp(min=0).expm1()
-    return np.expm1(np.maximum(v, 0))
-
-
-def _scale(lo, hi):
-    return hi - lo if hi > lo else 1.0
-
-
-def normalize_inplace(a, lo, hi, name):
-    """float array a (physical) -> (transform(a) - lo) / (hi - lo), in place; NaN stays NaN.
-
-    lo, hi: the channel's min/max after the transform (stats.json); hi == lo divides by 1.
-    """
-    if name == "log1p":
-        np.maximum(a, 0, out=a)  # NaN stays NaN
-        np.log1p(a, out=a)
-    a -= lo
-    a /= _scale(lo, hi)
-    return a
-
-
-def normalize(x, lo, hi, name):
-    """Physical x (array-like) -> a new normalised float array (see normalize_inplace)."""
-    x = np.asarray(x)
-    return normalize_inplace(x.astype(np.result_type(x.dtype, np.float32)), lo, hi, name)
-
-
-def denormalize(y, lo, hi, name):
-    """Normalised y (numpy array or torch tensor) -> physical units; inverse of `normalize`."""
-    return inverse_transform(y * _scale(lo, hi) + lo, name)
-
-
-def denormalize_target(y, stats):
-    """Normalised target (any shape, numpy or torch) -> physical units (mm/h for rain rate).
-
-    stats: the dict of stats.json (see `load_stats`). log1p targets come back >= 0.
-    """
-    target = stats["target"]
-    return denormalize(y, target["min"], target["max"], target["transform"])
-
-
-def normalize_target(x, stats):
-    """Physical target values (mm/h) -> normalised, as stored in <case>.zarr/target (NaN stays NaN)."""
-    target = stats["target"]
-    return normalize(x, target["min"], target["max"], target["transform"])
-
-
-def target_input_frames(x, stats):
-    """The target's channel among the inputs, in physical units (mm/h), or None when the target is no input.
-
-    x: normalised inputs (..., T, C, H, W), numpy or torch. Returns (..., T, H, W): what persistence
-    and extrapolation forecast from.
-    """
-    target = stats["target"]
-    pairs = list(zip(stats["sources"], stats["channels"]))
-    if (target["source"], target["channel"]) not in pairs:
-        return None
-    c = pairs.index((target["source"], target["channel"]))
-    return denormalize(x[..., c, :, :], stats["min"][c], stats["max"][c], stats["transform"][c])
-
-
-def load_stats(processed_dir):
-    """Read <processed_dir>/stats.json (written by preproc.py)."""
-    path = os.path.join(processed_dir, "stats.json")
-    if not os.path.isfile(path):
-        raise UserError(f"{path}: not found (run preproc.py first)")
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
-
-
-def sample_starts(valid, input_steps, lead_steps, output_steps):
-    """First input step s of every usable window of a case.
-
-    valid: bool (T,). A window uses inputs s .. t0 = s + input_steps - 1 and targets
-    t0 + lead_steps + k, k < output_steps; all of them must be valid.
-    Returns int64 (N,) ascending.
-    """
-    valid = np.asarray(valid, dtype=bool)
-    last_target = input_steps - 1 + lead_steps + output_steps - 1  # offset of the last target from s
-    n = len(valid) - last_target  # number of candidate starts s = 0 .. n - 1
-    if n <= 0:
-        return np.zeros(0, np.int64)
-    ok = np.ones(n, dtype=bool)
-    for i in range(input_steps):
-        ok &= valid[i:i + n]
-    for k in range(output_steps):
-        first_target = input_steps - 1 + lead_steps + k
-        ok &= valid[first_target:first_target + n]
-    return np.flatnonzero(ok).astype(np.int64)
 
 
 # --------------------------------------------------------------------------- 1-2: discover and place
@@ -371,13 +268,6 @@ def split_cases(case_ids, split, skipped=()):
 
 
 # --------------------------------------------------------------------------- 5: statistics
-def channel_list(params):
-    """[(source, channel, transform)] of the inputs, in stored order."""
-    transforms = params["data"]["transform"]
-    return [(source, channel, transforms.get(channel, "none"))
-            for source, channels in params["data"]["inputs"].items() for channel in channels]
-
-
 def compute_stats(plans, split, params, progress=True):
     """Per-channel min/max after the transform over the files of the training cases.
 
@@ -556,8 +446,7 @@ def preprocess(params, skip_bad_cases=False, progress=True):
         os.makedirs(os.path.join(out_dir, name), exist_ok=True)
     for name, case in tqdm(jobs, desc="write", unit="case", disable=not progress):
         write_case(plans[case], name, os.path.join(out_dir, name), stats, params)
-        samples[name] += len(sample_starts(plans[case]["valid"], data["input_steps"],
-                                           data["lead_steps"], data["output_steps"]))
+        samples[name] += len(sample_starts(plans[case]["valid"], data))
     removed = 0
     for name in SPLITS:  # stores left by earlier runs whose case is no longer in this split
         folder = os.path.join(out_dir, name)

@@ -97,7 +97,8 @@ class NowcastTask:
     """Batches from dataset.load_datasets; physical units mm/h."""
 
     def __init__(self, params):
-        from dataset import SPLITS, ZarrPatchDataset, load_stats, pad_collate
+        from dataset import SPLITS, ZarrPatchDataset, pad_collate
+        from normalization import load_stats
         processed = params["paths"]["processed_data"]
         self.stats = load_stats(processed)
         self.datasets = [ZarrPatchDataset(os.path.join(processed, split), params, train=(split == "train"))
@@ -116,12 +117,12 @@ class NowcastTask:
                 batch["coverage"].to(device, non_blocking=True))
 
     def to_physical(self, y):
-        from dataset import denormalize_target
+        from normalization import denormalize_target
         return denormalize_target(y, self.stats)
 
     def persistence(self, x):
         """Last input frame of the target channel in mm/h, repeated: (B, T_out, 1, H, W); None if not an input."""
-        from preproc import target_input_frames
+        from normalization import target_input_frames
         last = target_input_frames(x[:, -1:], self.stats)  # (B, 1, H, W)
         return None if last is None else last[:, :, None].expand(-1, len(self.lead_minutes), -1, -1, -1)
 

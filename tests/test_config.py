@@ -151,3 +151,78 @@ def test_readme_documents_every_key():
         readme = fh.read()
     missing = [key for key, *_ in config.reference_rows() if f"`{key}`" not in readme]
     assert not missing, f"README.md lacks these params.json keys: {missing}"
+
+
+# --------------------------------------------------------------------------- dates and override flags
+@pytest.mark.parametrize("value", [20240431, 202441, 2024041, 20240231, 120240401])
+def test_dates_must_be_real_calendar_days_of_eight_digits(value):
+    params = minimal()
+    params["sea_ice"]["start_date"] = value
+    assert error_of(params).startswith("sea_ice.start_date: expected a calendar day as YYYYMMDD")
+
+
+def test_parse_date_by_hand():
+    import datetime
+    assert config.parse_date(20240229) == datetime.date(2024, 2, 29)  # leap day
+    assert config.parse_date("20230229") is None
+    assert config.parse_date("202441") is None  # strptime alone would read 2024-04-01
+
+
+def override_parser():
+    import argparse
+    parser = config.add_config_arg(argparse.ArgumentParser(prog="x"))
+    return config.add_override_flags(parser, [
+        ("--batch_size", "training.batch_size"), ("--start_date", "sea_ice.start_date"),
+        ("--compile", "training.compile"), ("--thresholds", "evaluation.thresholds"),
+        (("-o", "--output_dir"), "paths.sea_ice_data", {"metavar": "DIR"}), ("--model", "model.name")])
+
+
+def test_override_flags_take_type_choices_and_default_from_the_schema(capsys):
+    parser = override_parser()
+    parser.print_help()
+    text = " ".join(capsys.readouterr().out.split())
+    assert "samples per step (default: training.batch_size in params.json, 8)" in text
+    assert "--batch_size BATCH_SIZE, --batch-size BATCH_SIZE" in text  # the hyphenated alias too
+    assert "{convlstm_unet,encoder_forecaster}" in text and "--compile, --no-compile" in text
+    args = parser.parse_args(["--batch-size", "3", "--compile", "--thresholds", "1", "2", "-o", "d"])
+    overrides = config.overrides_from(args)
+    assert overrides == {"training.batch_size": 3, "sea_ice.start_date": None, "training.compile": True,
+                         "evaluation.thresholds": [1.0, 2.0], "paths.sea_ice_data": "d", "model.name": None}
+    params = config.load_params(os.path.join(ROOT, "params.json"), overrides)
+    assert params["training"]["batch_size"] == 3 and params["evaluation"]["thresholds"] == [1.0, 2.0]
+    assert params["sea_ice"]["start_date"] == 20240401  # not given: the file's value
+
+
+def test_bad_override_values_name_the_flag(capsys):
+    parser = override_parser()
+    with pytest.raises(config.UserError) as info:
+        config.load_params(os.path.join(ROOT, "params.json"),
+                           config.overrides_from(parser.parse_args(["--batch_size", "0"])))
+    assert str(info.value) == "--batch_size: training.batch_size: expected a value >= 1, got 0"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--start_date", "202441"])
+    assert "expected a calendar day as YYYYMMDD, got '202441'" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- atomic writes
+def test_atomic_path_renames_on_success_and_leaves_nothing_on_failure(tmp_path):
+    from atomic import atomic_path
+    final = tmp_path / "sub" / "out.json"
+    with atomic_path(str(final)) as tmp:
+        with open(tmp, "w") as fh:
+            fh.write("new")
+        assert not final.exists()  # not there before the block ends
+    assert final.read_text() == "new"
+    with pytest.raises(RuntimeError):
+        with atomic_path(str(final)) as tmp:
+            with open(tmp, "w") as fh:
+                fh.write("half")
+            raise RuntimeError("interrupted")
+    assert final.read_text() == "new" and sorted(os.listdir(final.parent)) == ["out.json"]
+    store = tmp_path / "a.zarr"  # folders (Zarr stores) replace an older folder
+    store.mkdir()
+    (store / "old").write_text("x")
+    with atomic_path(str(store)) as tmp:
+        os.makedirs(tmp)
+        open(os.path.join(tmp, "new"), "w").close()
+    assert sorted(os.listdir(store)) == ["new"]

@@ -10,6 +10,7 @@ import zarr
 
 import config
 import dataset
+import normalization
 import preproc
 
 T0 = dt.datetime(2024, 6, 1, 0, 0)
@@ -48,15 +49,19 @@ def ramp(shape):
 
 
 # --------------------------------------------------------------------------- sample_map
+def window(input_steps, lead_steps, output_steps):
+    return {"input_steps": input_steps, "lead_steps": lead_steps, "output_steps": output_steps}
+
+
 def test_sample_starts_by_hand():
     valid = np.ones(20, bool)
     valid[7:11] = False
     # inputs s, s+1, s+2 and targets s+4, s+5 (input 3, lead 2, output 2) must avoid steps 7..10:
     # s = 0, 1 work; s = 2 needs 7; s = 3..10 touch 7..10; s = 11..14 work; s = 15 would need step 20
-    np.testing.assert_array_equal(preproc.sample_starts(valid, 3, 2, 2), [0, 1, 11, 12, 13, 14])
-    assert len(preproc.sample_starts(np.ones(6, bool), 3, 2, 2)) == 1   # exactly one window fits
-    assert len(preproc.sample_starts(np.ones(5, bool), 3, 2, 2)) == 0
-    assert len(preproc.sample_starts(np.ones(30, bool), 6, 24, 1)) == 1  # the seed's 2-hour lead
+    np.testing.assert_array_equal(normalization.sample_starts(valid, window(3, 2, 2)), [0, 1, 11, 12, 13, 14])
+    assert len(normalization.sample_starts(np.ones(6, bool), window(3, 2, 2))) == 1   # exactly one window fits
+    assert len(normalization.sample_starts(np.ones(5, bool), window(3, 2, 2))) == 0
+    assert len(normalization.sample_starts(np.ones(30, bool), window(6, 24, 1))) == 1  # the seed's 2-hour lead
 
 
 def test_sample_map_counts_by_hand(params, tmp_path):
@@ -90,7 +95,7 @@ def decode(x, stats):
 
 def test_patch_is_the_stored_crop(ramp_store):
     p, out = ramp_store
-    stats = preproc.load_stats(str(out))
+    stats = normalization.load_stats(str(out))
     ds = dataset.ZarrPatchDataset(str(out / "train"), p)
     for index in range(len(ds)):
         sample = ds[index]
@@ -169,13 +174,13 @@ def rainy_fraction(ds, stats, epochs=8):
         ds.set_epoch(epoch)
         for i in range(len(ds)):
             s = ds[i]
-            rainy.append(float(dataset.denormalize_target(s["y"], stats)[s["coverage"]].max()) > 0.5)
+            rainy.append(float(normalization.denormalize_target(s["y"], stats)[s["coverage"]].max()) > 0.5)
     return np.mean(rainy)
 
 
 def test_rainy_patch_preference(blob_store):
     p, out = blob_store
-    stats = preproc.load_stats(str(out))
+    stats = normalization.load_stats(str(out))
     p = json.loads(json.dumps(p))
     p["data"].update(rain_patch_prob=1.0, crop_tries=200)
     always = rainy_fraction(dataset.ZarrPatchDataset(str(out / "train"), p), stats)
@@ -191,7 +196,7 @@ def test_rain_check_is_conservative(blob_store):
     ds = dataset.ZarrPatchDataset(str(out / "train"), p)
     root = zarr.open_group(str(out / "train" / "r.zarr"), mode="r")
     rain = root["rain_max"][:1]
-    physical = dataset.denormalize_target(root["target"][0], preproc.load_stats(str(out)))
+    physical = normalization.denormalize_target(root["target"][0], normalization.load_stats(str(out)))
     said_yes = 0
     for y0 in range(0, 64 - 16 + 1):
         for x0 in range(0, 64 - 16 + 1):

@@ -15,7 +15,7 @@ import config
 import evaluate
 import metrics
 from conftest import ROOT
-from preproc import denormalize, denormalize_target, load_stats
+from normalization import denormalize, denormalize_target, load_stats
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import pytest
 import zarr
 
 import config
+import normalization
 import preproc
 from conftest import RADAR_DIR
 
@@ -57,7 +58,7 @@ def open_store(out, split, case):
 def physical_inputs(root, stats):
     """Stored inputs (T, C, H, W) back to physical units with stats.json."""
     x = root["inputs"][:].astype(np.float64)
-    return np.stack([preproc.denormalize(x[:, c], stats["min"][c], stats["max"][c], stats["transform"][c])
+    return np.stack([normalization.denormalize(x[:, c], stats["min"][c], stats["max"][c], stats["transform"][c])
                      for c in range(x.shape[1])], axis=1)
 
 
@@ -260,27 +261,27 @@ def test_normalisation_round_trip():
     torch = pytest.importorskip("torch")
     x = np.array([0.0, 0.3, 2.0, 17.5, 120.0], dtype=np.float32)
     lo, hi = float(np.log1p(0.0)), float(np.log1p(120.0))
-    y = preproc.normalize(x, lo, hi, "log1p")
+    y = normalization.normalize(x, lo, hi, "log1p")
     np.testing.assert_allclose(y, np.log1p(x) / np.log1p(120.0), rtol=1e-6)  # hand formula
     assert y.min() == 0 and y.max() == pytest.approx(1)
-    np.testing.assert_allclose(preproc.denormalize(y, lo, hi, "log1p"), x, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(normalization.denormalize(y, lo, hi, "log1p"), x, rtol=1e-5, atol=1e-6)
     stats = {"target": {"min": lo, "max": hi, "transform": "log1p"}}
-    back = preproc.denormalize_target(torch.from_numpy(y), stats)
+    back = normalization.denormalize_target(torch.from_numpy(y), stats)
     assert isinstance(back, torch.Tensor)
     np.testing.assert_allclose(back.numpy(), x, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(preproc.normalize_target(x, stats), y)
-    assert preproc.normalize(np.float32(-0.4), lo, hi, "log1p") == 0  # negative rain counts as 0
-    assert preproc.denormalize(np.float32(-0.1), lo, hi, "log1p") == 0  # predictions below 0 -> 0 mm/h
+    np.testing.assert_allclose(normalization.normalize_target(x, stats), y)
+    assert normalization.normalize(np.float32(-0.4), lo, hi, "log1p") == 0  # negative rain counts as 0
+    assert normalization.denormalize(np.float32(-0.1), lo, hi, "log1p") == 0  # predictions below 0 -> 0 mm/h
     t = np.array([280.0, 290.0, 300.0])
-    np.testing.assert_allclose(preproc.denormalize(preproc.normalize(t, 280, 300, "none"), 280, 300, "none"), t)
-    np.testing.assert_array_equal(preproc.normalize(np.full(3, 5.0), 5.0, 5.0, "none"), 0)  # max == min
+    np.testing.assert_allclose(normalization.denormalize(normalization.normalize(t, 280, 300, "none"), 280, 300, "none"), t)
+    np.testing.assert_array_equal(normalization.normalize(np.full(3, 5.0), 5.0, 5.0, "none"), 0)  # max == min
 
 
 def test_stored_target_matches_raw_files(params, raw_cases, tmp_path):
     """denormalize_target(stored target) = max(raw radar, 0) wherever a raw file has a value."""
     out = tmp_path / "out"
     preproc.preprocess(configure(params, raw_cases["dir"], out, lead_steps=6), progress=False)
-    stats = preproc.load_stats(str(out))
+    stats = normalization.load_stats(str(out))
     case = stats["split"]["test"][0]
     root = open_store(out, "test", case)
     target, coverage = root["target"][:], root["coverage"][:]
@@ -292,7 +293,7 @@ def test_stored_target_matches_raw_files(params, raw_cases, tmp_path):
         raw = np.load(os.path.join(folder, name))
         seen = np.isfinite(raw)
         assert coverage[t][seen].all()
-        np.testing.assert_allclose(preproc.denormalize_target(target[t], stats)[seen], np.maximum(raw[seen], 0),
+        np.testing.assert_allclose(normalization.denormalize_target(target[t], stats)[seen], np.maximum(raw[seen], 0),
                                    rtol=1e-5, atol=1e-5)
 
 
@@ -301,7 +302,7 @@ def test_separate_target_source(params, raw_cases, tmp_path):
     out = tmp_path / "out"
     p = configure(params, raw_cases["dir"], out, lead_steps=6, target={"source": "label", "channel": "rain_rate"})
     preproc.preprocess(p, progress=False)
-    stats = preproc.load_stats(str(out))
+    stats = normalization.load_stats(str(out))
     labels = [np.load(os.path.join(raw_cases["dir"], c, "label", n)) for c in stats["split"]["train"]
               for n in os.listdir(os.path.join(raw_cases["dir"], c, "label"))]
     assert stats["target"]["source"] == "label" and stats["channels"] == ["rain_rate", "t2m", "tcwv", "cape"]
@@ -311,7 +312,7 @@ def test_separate_target_source(params, raw_cases, tmp_path):
     root = open_store(out, "val", case)
     first = sorted(os.listdir(os.path.join(raw_cases["dir"], case, "label")))[0]
     label = np.load(os.path.join(raw_cases["dir"], case, "label", first))
-    np.testing.assert_allclose(preproc.denormalize_target(root["target"][0], stats), np.maximum(label, 0),
+    np.testing.assert_allclose(normalization.denormalize_target(root["target"][0], stats), np.maximum(label, 0),
                                rtol=1e-5, atol=1e-5)
 
 
@@ -452,14 +453,14 @@ def test_real_events_subset(params, tmp_path):
                   input_steps=2, lead_steps=2, output_steps=1)
     summary = preproc.preprocess(p, progress=False)
     assert summary["samples"] == {"train": 8 - 3, "val": 15 - 3, "test": 8 - 3}  # T - (2 - 1 + 2 + 1 - 1)
-    stats = preproc.load_stats(str(out))
+    stats = normalization.load_stats(str(out))
     knmi = events["knmi-20100826"][0]
     assert stats["max"][0] == pytest.approx(np.log1p(np.nanmax(knmi)), rel=1e-6)
 
     root = open_store(out, "val", "bom-20201031")
     frames = events["bom-20201031"][0]
     assert root.attrs["native_step_minutes"] == {"radar": 10} and root["valid"][:].all()
-    target = preproc.denormalize_target(root["target"][:].astype(np.float64), stats)
+    target = normalization.denormalize_target(root["target"][:].astype(np.float64), stats)
     coverage = root["coverage"][:]
     assert target.shape == (15,) + frames.shape[1:]
     for i in range(len(frames) - 1):
@@ -492,7 +493,7 @@ def test_real_events_full(params, tmp_path):
     assert sum(summary["samples"].values()) == (92 - 29) + (287 - 29) + (40 - 29)
     # patches of the real events: default 128 x 128 crops, rainy ones preferred
     import dataset
-    stats = preproc.load_stats(str(out))
+    stats = normalization.load_stats(str(out))
     for name in preproc.SPLITS:
         ds = dataset.ZarrPatchDataset(str(out / name), p, train=True)
         fractions = []
@@ -502,7 +503,7 @@ def test_real_events_full(params, tmp_path):
             for i in range(0, len(ds), max(1, len(ds) // 12)):
                 s = ds[i]
                 assert s["x"].shape == (6, 1, 128, 128) and s["y"].shape == (1, 1, 128, 128)
-                y = preproc.denormalize_target(s["y"].numpy(), stats)[s["coverage"].numpy()]
+                y = normalization.denormalize_target(s["y"].numpy(), stats)[s["coverage"].numpy()]
                 rainy.append(float(y.max(initial=0)) > 0.5)
             fractions.append(np.mean(rainy))
         assert fractions[1] >= fractions[0], name

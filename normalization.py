@@ -1,0 +1,136 @@
+"""Normalisation and sample windows: the one place that preproc.py, dataset.py, training.py and
+evaluate.py take them from.
+
+Transforms (data.transform, per channel): "none", or "log1p" = log1p(max(x, 0)), whose inverse is
+expm1(max(v, 0)) (negative rain rates count as 0; a prediction below 0 comes back as 0 mm/h).
+Normalisation: x_norm = (transform(x) - min) / (max - min) with the per-channel min/max after the
+transform from the training cases (stats.json, written by preproc.py); max == min divides by 1.
+
+A sample window of a case starts at input step s: inputs s .. t0 = s + input_steps - 1, targets
+t0 + lead_steps + k for k < output_steps (`window_steps`); `sample_starts` lists the windows whose
+steps are all valid.
+"""
+import json
+import os
+
+import numpy as np
+
+from config import UserError
+
+
+# --------------------------------------------------------------------------- transforms and scaling
+def transform(x, name):
+    """Apply a channel transform to physical values x (numpy, any shape)."""
+    return np.log1p(np.maximum(x, 0)) if name == "log1p" else x
+
+
+def inverse_transform(v, name):
+    """Inverse of `transform` for numpy arrays and torch tensors (device and autograd kept)."""
+    if name != "log1p":
+        return v
+    if hasattr(v, "clamp"):  # a torch tensor
+        return v.clamp(min=0).expm1()
+    return np.expm1(np.maximum(v, 0))
+
+
+def _scale(lo, hi):
+    return hi - lo if hi > lo else 1.0
+
+
+def normalize_inplace(a, lo, hi, name):
+    """float array a (physical) -> (transform(a) - lo) / (hi - lo), in place; NaN stays NaN.
+
+    lo, hi: the channel's min/max after the transform (stats.json); hi == lo divides by 1.
+    """
+    if name == "log1p":
+        np.maximum(a, 0, out=a)  # NaN stays NaN
+        np.log1p(a, out=a)
+    a -= lo
+    a /= _scale(lo, hi)
+    return a
+
+
+def normalize(x, lo, hi, name):
+    """Physical x (array-like) -> a new normalised float array (see normalize_inplace)."""
+    x = np.asarray(x)
+    return normalize_inplace(x.astype(np.result_type(x.dtype, np.float32)), lo, hi, name)
+
+
+def denormalize(y, lo, hi, name):
+    """Normalised y (numpy array or torch tensor) -> physical units; inverse of `normalize`."""
+    return inverse_transform(y * _scale(lo, hi) + lo, name)
+
+
+def denormalize_target(y, stats):
+    """Normalised target (any shape, numpy or torch) -> physical units (mm/h for rain rate).
+
+    stats: the dict of stats.json (see `load_stats`). log1p targets come back >= 0.
+    """
+    target = stats["target"]
+    return denormalize(y, target["min"], target["max"], target["transform"])
+
+
+def normalize_target(x, stats):
+    """Physical target values (mm/h) -> normalised, as stored in <case>.zarr/target (NaN stays NaN)."""
+    target = stats["target"]
+    return normalize(x, target["min"], target["max"], target["transform"])
+
+
+def target_input_frames(x, stats):
+    """The target's channel among the inputs, in physical units (mm/h), or None when the target is no input.
+
+    x: normalised inputs (..., T, C, H, W), numpy or torch. Returns (..., T, H, W): what persistence
+    and extrapolation forecast from.
+    """
+    target = stats["target"]
+    pairs = list(zip(stats["sources"], stats["channels"]))
+    if (target["source"], target["channel"]) not in pairs:
+        return None
+    c = pairs.index((target["source"], target["channel"]))
+    return denormalize(x[..., c, :, :], stats["min"][c], stats["max"][c], stats["transform"][c])
+
+
+# --------------------------------------------------------------------------- sample windows
+def window_steps(start, data):
+    """Steps of the sample window whose first input step is `start`.
+
+    data: params["data"] (input_steps, lead_steps, output_steps). The inputs are steps
+    start .. t0 = start + input_steps - 1; the targets are t0 + lead_steps + k, k < output_steps.
+    Returns (inputs, targets): two slices of the case's time axis.
+    """
+    t0 = start + data["input_steps"] - 1
+    first_target = t0 + data["lead_steps"]
+    return slice(start, t0 + 1), slice(first_target, first_target + data["output_steps"])
+
+
+def sample_starts(valid, data):
+    """First input step s of every usable window of a case: all its input and target steps are valid.
+
+    valid: bool (T,); data: params["data"] (see `window_steps`). Returns int64 (N,) ascending.
+    """
+    valid = np.asarray(valid, dtype=bool)
+    inputs, targets = window_steps(0, data)
+    n = len(valid) - targets.stop + 1  # number of candidate starts s = 0 .. n - 1
+    if n <= 0:
+        return np.zeros(0, np.int64)
+    ok = np.ones(n, dtype=bool)
+    for offset in [*range(inputs.start, inputs.stop), *range(targets.start, targets.stop)]:
+        ok &= valid[offset:offset + n]
+    return np.flatnonzero(ok).astype(np.int64)
+
+
+# --------------------------------------------------------------------------- channels and stats
+def channel_list(params):
+    """[(source, channel, transform)] of the inputs, in stored order."""
+    transforms = params["data"]["transform"]
+    return [(source, channel, transforms.get(channel, "none"))
+            for source, channels in params["data"]["inputs"].items() for channel in channels]
+
+
+def load_stats(processed_dir):
+    """Read <processed_dir>/stats.json (written by preproc.py)."""
+    path = os.path.join(processed_dir, "stats.json")
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: not found (run preproc.py first)")
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
