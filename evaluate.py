@@ -44,7 +44,7 @@ from atomic import atomic_path
 from config import UserError
 from model import build_model
 from normalization import denormalize_target, sample_starts, target_input_frames, window_steps
-from preproc import EPOCH, scan_case, write_case
+from preproc import EPOCH, NoCoverage, scan_case, write_case
 from training import load_checkpoint, pick_device
 
 CATEGORICAL = ("csi", "pod", "far", "hss", "ets", "frequency_bias", "accuracy", "precision", "f1")
@@ -226,7 +226,10 @@ def predict(forecaster, params, raw_case_dir, output, t0_text):
     data = params["data"]
     plan = scan_case(raw_dir or ".", case, params)
     with tempfile.TemporaryDirectory() as tmp:
-        store = zarr.open_group(write_case(plan, "predict", tmp, forecaster.stats, params), mode="r")
+        try:
+            store = zarr.open_group(write_case(plan, "predict", tmp, forecaster.stats, params)[0], mode="r")
+        except NoCoverage as exc:
+            raise UserError(f"{raw_case_dir}: {exc}") from None
         valid, minutes = store["valid"][:], store["time"][:]
         ends = [t for t in range(data["input_steps"] - 1, len(valid)) if valid[t - data["input_steps"] + 1:t + 1].all()]
         if t0_text:
