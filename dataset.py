@@ -15,7 +15,7 @@ Batches (pad_collate) stack these along a new first axis B; `case` becomes a lis
 `normalization.denormalize_target(y, stats)` turns y or a prediction into physical units (mm/h);
 `normalization.load_stats(processed_dir)` reads stats.json.
 
-`ZarrPatchDataset(split_dir, params, train=True)`:
+`ZarrPatchDataset(split_dir, params, train=True, stats=None)`:
 - At init it opens every <split_dir>/*.zarr, reads only `valid (T,)` and `time (T,)` and builds
   `sample_map (N, 2) int64` = (store index, first input step s) over every window whose input
   steps s .. t0 = s + input_steps - 1 and target steps t0 + lead_steps + k (k < output_steps) are
@@ -43,7 +43,7 @@ import zarr
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, SequentialSampler
 
 from config import UserError
-from normalization import channel_list, sample_starts, window_steps
+from normalization import channel_list, check_store, load_stats, sample_starts, window_steps
 
 SPLITS = ("train", "val", "test")
 
@@ -51,7 +51,7 @@ SPLITS = ("train", "val", "test")
 class ZarrPatchDataset(Dataset):
     """Patches of the per-case stores in one split folder (see the module docstring)."""
 
-    def __init__(self, split_dir, params, train=True, full_frame=None, seed=None):
+    def __init__(self, split_dir, params, train=True, full_frame=None, seed=None, stats=None):
         data = params["data"]
         self.split_dir, self.params, self.data, self.train = split_dir, params, data, train
         self.input_steps, self.lead_steps = data["input_steps"], data["lead_steps"]
@@ -72,6 +72,8 @@ class ZarrPatchDataset(Dataset):
             if attrs.get("channels") != self.channels:
                 raise UserError(f"{path}: channels {attrs.get('channels')} differ from data.inputs "
                                 f"{self.channels}; re-run preproc.py")
+            if stats is not None:
+                check_store(path, attrs, stats, "stats.json")
             self.cases.append(attrs["case"])
             self.grids.append(tuple(attrs["grid_shape"]))
             self.rain_blocks.append(attrs["rain_block"])
@@ -172,9 +174,14 @@ def pad_collate(samples):
 
 
 def make_datasets(params):
-    """{"train", "val", "test": ZarrPatchDataset} over <paths.processed_data>/<split> (train: random crops)."""
+    """{"train", "val", "test": ZarrPatchDataset} over <paths.processed_data>/<split> (train: random crops).
+
+    Every store must have been normalised with <paths.processed_data>/stats.json (UserError otherwise).
+    """
     processed = params["paths"]["processed_data"]
-    return {name: ZarrPatchDataset(os.path.join(processed, name), params, train=(name == "train")) for name in SPLITS}
+    stats = load_stats(processed)
+    return {name: ZarrPatchDataset(os.path.join(processed, name), params, train=(name == "train"), stats=stats)
+            for name in SPLITS}
 
 
 def load_datasets(params, world=1, rank=0, datasets=None, collate=pad_collate, pin_memory=None):

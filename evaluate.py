@@ -43,7 +43,7 @@ import metrics
 from atomic import atomic_path
 from config import UserError
 from model import build_model
-from normalization import denormalize_target, sample_starts, target_input_frames, window_steps
+from normalization import check_store, denormalize_target, sample_starts, target_input_frames, window_steps
 from preproc import EPOCH, NoCoverage, scan_case, write_case
 from training import load_checkpoint, pick_device
 
@@ -57,8 +57,8 @@ TABLE_COLUMNS = ("pmse", "accuracy", "precision", "recall", "f1", "csi", "far", 
 class Forecaster:
     """Runs the model and the baselines on one window; every output in mm/h, (T_out, H, W)."""
 
-    def __init__(self, model, stats, params, device):
-        self.model, self.stats, self.device = model, stats, device
+    def __init__(self, model, stats, params, device, source="checkpoint"):
+        self.model, self.stats, self.device, self.source = model, stats, device, source
         data = params["data"]
         self.leads = [data["lead_steps"] + k for k in range(data["output_steps"])]  # steps after t0
 
@@ -116,7 +116,9 @@ def score_split(forecaster, params, split, methods, batch_size):
            for m in methods}
     windows = {}  # store name -> first input step of every valid window (reads only `valid`)
     for name in stores:
-        valid = zarr.open_group(os.path.join(folder, name), mode="r")["valid"][:]
+        root = zarr.open_group(os.path.join(folder, name), mode="r")
+        check_store(os.path.join(folder, name), root.attrs.asdict(), forecaster.stats, f"checkpoint {forecaster.source}")
+        valid = root["valid"][:]
         windows[name] = sample_starts(valid, data)
     n_windows = sum(len(w) for w in windows.values())
     bar = tqdm(total=n_windows, desc=f"evaluate {split} ({', '.join(methods)})", unit="window")
@@ -233,7 +235,7 @@ def predict(forecaster, params, raw_case_dir, output, t0_text):
         valid, minutes = store["valid"][:], store["time"][:]
         ends = [t for t in range(data["input_steps"] - 1, len(valid)) if valid[t - data["input_steps"] + 1:t + 1].all()]
         if t0_text:
-            wanted = int((dt.datetime.strptime(t0_text, "%Y%m%d%H%M") - EPOCH).total_seconds()) // 60
+            wanted = parse_t0(t0_text)
             ends = [t for t in ends if minutes[t] == wanted]
             if not ends:
                 raise UserError(f"--t0 {t0_text}: no valid input window ends then in {raw_case_dir}")
@@ -249,11 +251,12 @@ def predict(forecaster, params, raw_case_dir, output, t0_text):
         target = denormalize_target(np.stack([store["target"][t] for t in targets]), forecaster.stats) \
             if have_target else None
         coverage = store["coverage"][t0]
+    forecast[:, ~coverage] = np.nan  # outside radar coverage at t0 there is no forecast
     step = data["time_step_minutes"]
     t0_time = EPOCH + dt.timedelta(minutes=int(minutes[t0]))
     valid_times = [t0_time + dt.timedelta(minutes=int(step * k)) for k in lead_steps]
     output = output or os.path.join(params["paths"]["outputs"], "forecasts", f"{case}_{t0_time:%Y%m%d%H%M}.nc")
-    write_forecast(output, forecast, valid_times, t0_time, lead_steps * step, case)
+    write_forecast(output, forecast, valid_times, t0_time, lead_steps * step, case, coverage)
     png = os.path.splitext(output)[0] + ".png"
     try:
         import plotting
@@ -266,14 +269,29 @@ def predict(forecaster, params, raw_case_dir, output, t0_text):
     return output, png
 
 
-def write_forecast(path, forecast, valid_times, t0_time, lead_minutes, case):
-    """rain_rate (lead, y, x) mm/h with valid times, as NetCDF (.nc) or Zarr (.zarr); temp name then rename."""
+def parse_t0(text):
+    """Minutes since 1970-01-01 of a --t0 YYYYmmddHHMM; UserError naming the flag otherwise."""
+    try:
+        if len(text) != 12 or not text.isdigit():
+            raise ValueError
+        when = dt.datetime.strptime(text, "%Y%m%d%H%M")
+    except ValueError:
+        raise UserError(f"--t0 {text!r}: expected a time as YYYYmmddHHMM (12 digits, UTC)") from None
+    return int((when - EPOCH).total_seconds()) // 60
+
+
+def write_forecast(path, forecast, valid_times, t0_time, lead_minutes, case, coverage):
+    """rain_rate (lead, y, x) mm/h (NaN outside coverage) and coverage (y, x) with valid times, as
+    NetCDF (.nc) or Zarr (.zarr); temp name then rename."""
     import xarray as xr
     if not path.endswith((".nc", ".zarr")):
         raise UserError(f"--output {path}: expected a name ending in .nc or .zarr")
     ds = xr.Dataset(
         {"rain_rate": (("lead", "y", "x"), forecast.astype(np.float32),
-                       {"units": "mm h-1", "long_name": "forecast rain rate"})},
+                       {"units": "mm h-1", "long_name": "forecast rain rate", "comment": "NaN outside coverage"}),
+         "coverage": (("y", "x"), coverage.astype(np.uint8),
+                      {"long_name": "radar coverage at the forecast reference time (1: data, 0: none)",
+                       "flag_values": np.array([0, 1], np.uint8), "flag_meanings": "no_data data"})},
         coords={"lead": ("lead", np.asarray(lead_minutes, dtype=np.int32), {"units": "minutes", "long_name": "lead time"}),
                 "time": ("lead", np.array(valid_times, dtype="datetime64[ns]"), {"long_name": "valid time (UTC)"}),
                 "y": np.arange(forecast.shape[1], dtype=np.int32), "x": np.arange(forecast.shape[2], dtype=np.int32)},
@@ -309,7 +327,7 @@ def main(argv=None):
             raise UserError(f"--methods: unknown method {method!r}; expected model, {', '.join(baselines.METHODS)}")
     device = pick_device(params["training"]["device"])
     model, stats = load_model(args.checkpoint, params, device)
-    forecaster = Forecaster(model, stats, params, device)
+    forecaster = Forecaster(model, stats, params, device, os.path.basename(args.checkpoint))
     if args.predict:
         output, png = predict(forecaster, params, args.predict, args.output, args.t0)
         print(f"evaluate: forecast -> {output}" + (f", panels -> {png}" if png else ""))

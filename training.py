@@ -331,10 +331,21 @@ RUN_KEYS = ("task", "model", "data.inputs", "data.target", "data.transform", "da
 def check_same_run(path, saved, params):
     """UserError when a checkpoint was made with other settings than `params` in any of RUN_KEYS."""
     for dotted in RUN_KEYS:
-        before, now = config.get_dotted(saved, dotted), config.get_dotted(params, dotted)
-        if before != now:
-            raise UserError(f"{path}: made with {dotted} = {json.dumps(before)}, but the config has "
+        key, before, now = first_difference(dotted, config.get_dotted(saved, dotted), config.get_dotted(params, dotted))
+        if key is not None:
+            raise UserError(f"{path}: made with {key} = {json.dumps(before)}, but the config has "
                             f"{json.dumps(now)}; use the same settings or start without --resume")
+
+
+def first_difference(dotted, a, b):
+    """(dotted key, a value, b value) of the first leaf where two nested dicts differ, or (None, a, b)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for name in sorted(set(a) | set(b), key=lambda k: (k != "name", k)):
+            found = first_difference(f"{dotted}.{name}", a.get(name), b.get(name))
+            if found[0] is not None:
+                return found
+        return None, a, b
+    return (dotted, a, b) if a != b else (None, a, b)
 
 
 # --------------------------------------------------------------------------- train / validate / test

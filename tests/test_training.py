@@ -97,19 +97,40 @@ def test_user_errors_are_one_line(processed, tmp_path):
     assert proc.stderr.strip() == f"error: {tmp_path / 'ckpt' / 'last.pt'}: checkpoint not found"
 
 
-def test_ddp_two_cpu_ranks(processed, tmp_path):
+def test_ddp_two_cpu_ranks_and_the_whole_test_split_scored_once(processed, tmp_path):
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
     if torchrun is None:
         pytest.skip("torchrun not installed")
-    cfg = write_tiny_params(tmp_path, processed, epochs=1)
+    (tmp_path / "ddp").mkdir(), (tmp_path / "one").mkdir()
+    cfg = write_tiny_params(tmp_path / "ddp", processed, epochs=1)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", os.path.join(ROOT, "training.py"),
-                           "--config", cfg, "--skip_test"], capture_output=True, text=True, cwd=ROOT, env=env,
-                          timeout=240)
+                           "--config", cfg], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "x 2 ranks" in proc.stdout
-    state = read_state(tmp_path / "ckpt" / "last.pt")
+    state = read_state(tmp_path / "ddp" / "ckpt" / "last.pt")
     assert state["epoch"] == 1 and state["step"] == 3
+    # persistence does not depend on the weights: its test scores must equal one process's, exactly
+    assert training.main(["--config", write_tiny_params(tmp_path / "one", processed, epochs=1)]) == 0
+    ddp, one = (json.loads((tmp_path / d / "out" / "test_metrics.json").read_text()) for d in ("ddp", "one"))
+    assert ddp["methods"]["persistence"] == one["methods"]["persistence"]
+
+
+def test_resume_with_other_settings_is_one_line(processed, tmp_path, capsys):
+    cfg = write_tiny_params(tmp_path, processed)
+    assert training.main(["--config", cfg, "--skip_test"]) == 0  # 2 epochs
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        config.run_main(training.main, ["--config", cfg, "--resume", "--epochs", "1"])
+    assert info.value.code == 2 and capsys.readouterr().err.strip() == \
+        f"error: training.epochs 1: {tmp_path / 'ckpt' / 'last.pt'} already holds 2 epochs; ask for more epochs " \
+        "(--epochs N) to continue"
+    with pytest.raises(SystemExit) as info:
+        config.run_main(training.main, ["--config", cfg, "--resume", "--epochs", "3", "--model", "encoder_forecaster"])
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and "\n" not in err
+    assert err == f"error: {tmp_path / 'ckpt' / 'last.pt'}: made with model.name = \"convlstm_unet\", but the " \
+        "config has \"encoder_forecaster\"; use the same settings or start without --resume"
 
 
 def write_consolidated(path, days, shape=(24, 20), seed=0):
