@@ -34,6 +34,7 @@ Batches (pad_collate) stack these along a new first axis B; `case` becomes a lis
 - A grid smaller than patch_size along an axis is read whole and zero-padded at the bottom/right
   to P; the padding has coverage False.
 """
+import argparse
 import glob
 import os
 
@@ -42,8 +43,9 @@ import torch
 import zarr
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, SequentialSampler
 
+import config
 from config import UserError
-from normalization import channel_list, check_store, load_stats, sample_starts, window_steps
+from normalization import channel_list, check_store, denormalize_target, load_stats, sample_starts, window_steps
 
 SPLITS = ("train", "val", "test")
 
@@ -213,3 +215,31 @@ def load_datasets(params, world=1, rank=0, datasets=None, collate=pad_collate, p
                                    pin_memory=pin_memory, persistent_workers=False)
     loaders["val"].sampler.set_epoch(0)  # one fixed mixed validation order
     return loaders
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Check the datasets over preproc.py's stores: samples per split, grids, and the shapes "
+                    "and value ranges of one training batch (what training.py will read).")
+    config.add_config_arg(parser)
+    config.add_override_flags(parser, [("--processed_data", "paths.processed_data", {"metavar": "DIR"}),
+                                       ("--batch_size", "training.batch_size"), ("--patch_size", "data.patch_size")])
+    args = parser.parse_args(argv)
+    params = config.load_params(args.config, config.overrides_from(args))
+    params["training"]["num_workers"] = 0
+    loaders = load_datasets(params)
+    for name, loader in loaders.items():
+        data = loader.dataset
+        grids = ", ".join(sorted({f"{h}x{w}" for h, w in data.grids}))
+        print(f"{name:<5} {len(data):6d} samples from {len(data.paths)} stores (grids {grids})")
+    batch = next(iter(loaders["train"]))
+    stats = load_stats(params["paths"]["processed_data"])
+    rain = denormalize_target(batch["y"], stats)[batch["coverage"]]
+    print(f"a training batch: x {tuple(batch['x'].shape)} (B, T_in, C, H, W) in [{float(batch['x'].min()):.3g}, "
+          f"{float(batch['x'].max()):.3g}], y {tuple(batch['y'].shape)}, coverage {float(batch['coverage'].float().mean()):.1%}"
+          f", target up to {float(rain.max()) if rain.numel() else 0:.3g} mm/h")
+    return 0
+
+
+if __name__ == "__main__":
+    config.run_main(main)

@@ -258,3 +258,18 @@ def test_errors(params, tmp_path, ramp_store):
     long_lead["data"]["lead_steps"] = 30
     with pytest.raises(config.UserError, match="no valid window"):
         dataset.ZarrPatchDataset(str(out / "train"), long_lead)
+
+
+def test_command_line_reports_splits_and_a_batch(processed, tmp_path, capsys):
+    from conftest import write_tiny_params
+    cfg = write_tiny_params(tmp_path, processed)
+    assert dataset.main(["--config", cfg, "--batch_size", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    splits = {name: count_stores(processed, name) for name in ("train", "val", "test")}
+    for line, (name, n_stores) in zip(lines, splits.items()):
+        assert line.startswith(f"{name:<5}") and f"from {n_stores} stores" in line
+    assert lines[-1].startswith("a training batch: x (2, 3, 4, 16, 16) (B, T_in, C, H, W)")
+
+
+def count_stores(processed, split):
+    return len([n for n in os.listdir(os.path.join(processed, split)) if n.endswith(".zarr")])
