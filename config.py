@@ -146,6 +146,12 @@ SCHEMA = Section(
         crop_tries=Key(int, 10, "random crops tried to find a rainy patch", minimum=1),
         eval_full_frame=Key(bool, False, "val/test samples: false = the centre patch_size crop, true = the full "
                             "frame (a batch is zero-padded to its largest grid, padding has coverage False)"),
+        motion=Key(bool, True, "preproc.py stores the target's motion field per step (baselines.motion_field of the "
+                   "last motion_frames frames, full frames), which Lagrangian models and augmentation use"),
+        motion_frames=Key(int, 3, "frames up to a step that its motion is estimated from (also the "
+                          "extrapolation baseline's)", "steps", minimum=2),
+        augment=Key(bool, True, "training crops are flipped and turned by multiples of 90 degrees at random, "
+                    "their motion vectors with them"),
     ),
     model=Section(
         required=True, doc="the network; `name` picks one, its options are in the section of that name",

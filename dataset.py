@@ -9,6 +9,8 @@ A sample is a dict:
     x        (input_steps, C, P, P)   float32  normalised inputs, steps s .. t0, channels as stats.json
     y        (output_steps, 1, P, P)  float32  normalised target at t0 + lead_steps + k, k < output_steps
     coverage (output_steps, 1, P, P)  bool     the target has data (losses and scores ignore False)
+    motion   (2, P, P)                float32  the target's motion at t0, pixels per step, [0] x, [1] y
+                                               (only when the stores hold it: data.motion in preproc.py)
     time     (output_steps,)          int64    target times, minutes since 1970-01-01 00:00 UTC
     case     str                               case id
 Batches (pad_collate) stack these along a new first axis B; `case` becomes a list of str.
@@ -20,15 +22,18 @@ Batches (pad_collate) stack these along a new first axis B; `case` becomes a lis
   `sample_map (N, 2) int64` = (store index, first input step s) over every window whose input
   steps s .. t0 = s + input_steps - 1 and target steps t0 + lead_steps + k (k < output_steps) are
   all valid. Stores are (re)opened lazily in each worker process; num_workers > 0 works.
-- __getitem__ reads only the patch (inputs, target, coverage), never a whole frame.
+- __getitem__ reads only the patch (inputs, target, coverage, motion), never a whole frame.
 - Training crops are random and depend only on (training.seed, epoch, index) through
   numpy.random.default_rng([seed, epoch, index]): the same for any num_workers; call
-  `set_epoch(e)` each epoch to draw new crops (the loaders do not keep workers alive between
-  epochs, so the new epoch reaches them). With probability data.rain_patch_prob a crop is
+  `set_epoch(e)` before each pass over the data to draw new crops (training.py does it for every
+  pass, so a sample drawn twice in one epoch gets two crops; the loaders do not keep workers
+  alive between passes, so the new epoch reaches them). With probability data.rain_patch_prob a crop is
   looked for among rainy ones: up to data.crop_tries random crops are checked against the store's
   `rain_max` (target max per 8 x 8 block, mm/h) and the first one that holds a block whose
   maximum exceeds data.rain_threshold (block entirely inside the crop, so the crop surely has
   rain) is kept; else the last one drawn. No target data is read for this check.
+- Training samples (data.augment) are flipped and turned by a multiple of 90 degrees, drawn from
+  (seed, epoch, index) too; the motion vectors turn with the frames (lagrangian.rotate_flip).
 - val/test (train=False): the centre crop, or the full frame when data.eval_full_frame (or the
   `full_frame` argument) is true.
 - A grid smaller than patch_size along an axis is read whole and zero-padded at the bottom/right
@@ -45,6 +50,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sequential
 
 import config
 from config import UserError
+from lagrangian import rotate_flip
 from normalization import channel_list, check_store, denormalize_target, load_stats, sample_starts, window_steps
 
 SPLITS = ("train", "val", "test")
@@ -67,9 +73,12 @@ class ZarrPatchDataset(Dataset):
         if not self.paths:
             raise UserError(f"{split_dir}: no .zarr stores (run preproc.py; see paths.processed_data)")
         self.channels = [c for _, c, _ in channel_list(params)]
+        self.augment = train and data["augment"]
         self.cases, self.grids, self.times, self.rain_blocks, rows = [], [], [], [], []
+        self.has_motion = True
         for index, path in enumerate(self.paths):
             root = zarr.open_group(path, mode="r")
+            self.has_motion &= "motion" in root
             attrs = root.attrs.asdict()
             if attrs.get("channels") != self.channels:
                 raise UserError(f"{path}: channels {attrs.get('channels')} differ from data.inputs "
@@ -106,7 +115,8 @@ class ZarrPatchDataset(Dataset):
             self._arrays, self._pid = {}, os.getpid()
         if index not in self._arrays:
             root = zarr.open_group(self.paths[index], mode="r")
-            self._arrays[index] = {name: root[name] for name in ("inputs", "target", "coverage", "rain_max")}
+            names = ("inputs", "target", "coverage", "rain_max") + (("motion",) if self.has_motion else ())
+            self._arrays[index] = {name: root[name] for name in names}
         return self._arrays[index]
 
     def _has_rain(self, rain, block, grid, y0, x0, size_y, size_x):
@@ -147,24 +157,43 @@ class ZarrPatchDataset(Dataset):
         x = arrays["inputs"][inputs, :, rows, cols]
         y = arrays["target"][targets, rows, cols][:, None]
         coverage = arrays["coverage"][targets, rows, cols][:, None]
+        motion = arrays["motion"][inputs.stop - 1, :, rows, cols] if self.has_motion else None  # at t0
         if not self.full_frame and (size_y < self.patch_size or size_x < self.patch_size):
             pad = ((0, 0), (0, 0), (0, self.patch_size - size_y), (0, self.patch_size - size_x))
             x, y, coverage = np.pad(x, pad), np.pad(y, pad), np.pad(coverage, pad)
-        return {"x": torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
-                "y": torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32)),
-                "coverage": torch.from_numpy(np.ascontiguousarray(coverage, dtype=bool)),
-                "time": torch.from_numpy(self.times[store][targets].copy()),
-                "case": self.cases[store]}
+            motion = None if motion is None else np.pad(motion, pad[1:])
+        if self.augment:
+            x, y, coverage, motion = self.turn(index, x, y, coverage, motion)
+        sample = {"x": torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
+                  "y": torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32)),
+                  "coverage": torch.from_numpy(np.ascontiguousarray(coverage, dtype=bool)),
+                  "time": torch.from_numpy(self.times[store][targets].copy()),
+                  "case": self.cases[store]}
+        if motion is not None:
+            sample["motion"] = torch.from_numpy(np.ascontiguousarray(motion, dtype=np.float32))
+        return sample
+
+    def turn(self, index, x, y, coverage, motion):
+        """Augmentation: one of the 8 flips/quarter turns, drawn from (seed, epoch, index), applied to the
+        frames and, consistently, to the motion vectors (lagrangian.rotate_flip)."""
+        rng = np.random.default_rng([self.seed, self.epoch, int(index), 1])  # apart from the crop's draws
+        turns, flip = int(rng.integers(0, 4)), bool(rng.integers(0, 2))
+        x, _ = rotate_flip(x, None, turns, flip)
+        y, _ = rotate_flip(y, None, turns, flip)
+        coverage, motion = rotate_flip(coverage, motion, turns, flip)
+        return x, y, coverage, motion
 
 
 def pad_collate(samples):
     """Stack samples into a batch; frames of different sizes are zero-padded at the bottom/right
     to the largest (coverage False there). x (B, T_in, C, H, W), y and coverage (B, T_out, 1, H, W),
-    time (B, T_out), case [B]."""
+    motion (B, 2, H, W) when the stores have it, time (B, T_out), case [B]."""
     n_y = max(s["x"].shape[-2] for s in samples)
     n_x = max(s["x"].shape[-1] for s in samples)
     batch = {}
-    for key in ("x", "y", "coverage"):
+    for key in ("x", "y", "coverage", "motion"):
+        if key not in samples[0]:
+            continue
         first = samples[0][key]
         out = first.new_zeros((len(samples),) + tuple(first.shape[:-2]) + (n_y, n_x))
         for i, s in enumerate(samples):

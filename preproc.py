@@ -13,6 +13,9 @@ every source in `data.inputs` and the target source, and writes
         coverage (T, H, W)    bool     the target has data there after gap filling
         valid    (T,)         bool     every source has data at this step; samples use valid steps only
         time     (T,)         int64    minutes since 1970-01-01 00:00 UTC
+        motion   (T, 2, H, W) float32  (data.motion) the target's motion field at each step, pixels
+                                       per step, [0] along x, [1] along y (baselines.motion_field of
+                                       the last data.motion_frames frames; see write_motion)
         rain_max (T, ceil(H/8), ceil(W/8)) float32  target max per 8 x 8 block, physical units
                                        (mm/h), NaN ignored, 0 where no data: dataset.py uses it to
                                        find rainy crops without reading the target
@@ -74,7 +77,8 @@ from tqdm import tqdm
 from atomic import atomic_path
 from config import UserError, add_config_arg, add_override_flags, load_params, overrides_from, run_main
 from interpolation import fill_time_linear
-from normalization import channel_list, normalize_inplace, sample_starts, transform, window_steps
+from baselines import motion_field
+from normalization import channel_list, denormalize_target, normalize_inplace, sample_starts, transform, window_steps
 
 SPLITS = ("train", "val", "test")
 EPOCH = dt.datetime(1970, 1, 1)
@@ -419,7 +423,23 @@ def write_case(plan, split_name, out_dir, stats, params):
                           attributes={"units": TIME_UNITS, "calendar": "proleptic_gregorian",
                                       "standard_name": "time"})
         root.attrs["negative_values_dropped"] = found.get("negative", 0)
+        if params["data"]["motion"]:
+            write_motion(root, frames("motion", 2, "float32", "motion of the target, pixels per step (x, y)"),
+                         stats, params["data"]["motion_frames"])
     return final, found
+
+
+def write_motion(root, motion, stats, motion_frames):
+    """motion[t] = baselines.motion_field of the target frames t - motion_frames + 1 .. t (mm/h, NaN
+    outside coverage), full frames; (2, H, W) pixels per step, [0] along x, [1] along y; zeros where
+    fewer than two frames have data. The extrapolation baseline forecasting from t uses the same field.
+    """
+    target, coverage = root["target"], root["coverage"]
+    for t in tqdm(range(motion.shape[0]), desc=f"motion {root.attrs['case']}", unit="step", leave=False):
+        first = max(0, t - motion_frames + 1)
+        frames = denormalize_target(target[first:t + 1].astype(np.float64), stats)
+        frames[~coverage[first:t + 1]] = np.nan
+        motion[t] = motion_field(frames) if len(frames) >= 2 else 0.0
 
 
 def write_tiles(arrays, plan, stats, params, tile_rows, tile_cols):

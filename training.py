@@ -136,7 +136,7 @@ class NowcastTask:
         return None if last is None else last[:, :, None].expand(-1, len(self.lead_minutes), -1, -1, -1)
 
     def set_epoch(self, epoch):
-        self.datasets["train"].set_epoch(epoch)
+        pass  # cycle() sets the training crops' epoch for every pass over the data
 
 
 class SeaIceTask:
@@ -364,9 +364,12 @@ def supervised_step(model, task, batch, optimizer, device, amp):
 
 
 def cycle(loader, epoch):
-    """Batches of `loader` without end; pass p of epoch e shuffles with sampler epoch e * 100003 + p."""
+    """Batches of `loader` without end. Pass p of epoch e shuffles with sampler epoch e * 100003 + p
+    and sets the dataset's epoch to the same number, so a sample drawn again gets a new random crop."""
     for p in range(10 ** 9):
         loader.sampler.set_epoch(epoch * 100003 + p)
+        if hasattr(loader.dataset, "set_epoch"):
+            loader.dataset.set_epoch(epoch * 100003 + p)
         yield from loader
 
 

@@ -415,6 +415,31 @@ def test_command_line_error_and_summary(params, params_file, tmp_path, capsys):
     assert info.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "nowhere" in err
 
 
+# --------------------------------------------------------------------------- motion
+def test_stored_motion_equals_motion_field_of_the_stored_frames(params, tmp_path):
+    import baselines
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    yy, xx = np.mgrid[0:48, 0:56].astype(np.float32)
+    for t in range(8):  # two blobs moving 1.5 px/step along x and -0.5 along y; a NaN corner (no radar)
+        frame = 12 * np.exp(-((yy - 30 + 0.5 * t) ** 2 + (xx - 12 - 1.5 * t) ** 2) / 40) + \
+            6 * np.exp(-((yy - 14 + 0.5 * t) ** 2 + (xx - 20 - 1.5 * t) ** 2) / 25)
+        frame[:6, :6] = np.nan
+        save(raw, "c1", "radar", t, frame)
+    p = configure(params, raw, out, split=one_case_split("c1"), inputs={"radar": ["rain_rate"]},
+                  input_steps=2, lead_steps=1)
+    preproc.preprocess(p, progress=False)
+    root, stats = open_store(out, "train", "c1"), normalization.load_stats(str(out))
+    motion = root["motion"][:]
+    assert motion.shape == (8, 2, 48, 56) and motion.dtype == np.float32
+    assert not motion[0].any()  # one frame: no motion
+    for t in (1, 5, 7):
+        frames = normalization.denormalize_target(root["target"][max(0, t - 2):t + 1].astype(np.float64), stats)
+        frames[~root["coverage"][max(0, t - 2):t + 1]] = np.nan
+        np.testing.assert_array_equal(motion[t], baselines.motion_field(frames).astype(np.float32))
+    rainy = root["target"][5] > 0.2
+    assert abs(np.median(motion[5, 0][rainy]) - 1.5) < 0.2 and abs(np.median(motion[5, 1][rainy]) + 0.5) < 0.2
+
+
 # --------------------------------------------------------------------------- data that must not look good
 def test_negative_rain_rates_are_no_data_and_said(params, tmp_path, capsys):
     """A -9999 no-data flag and a -0.5 artefact: dropped as no data (coverage False), stats unchanged."""
