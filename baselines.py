@@ -252,7 +252,7 @@ def advect(field, velocity, leads, fill_value=np.nan):
 
 
 # --------------------------------------------------------------------------- extrapolation
-def extrapolation(inputs, leads, motion_frames=3, fill_value=np.nan, **motion_options):
+def extrapolation(inputs, leads, motion_frames=3, fill_value=np.nan, motion=None, **motion_options):
     """Optical-flow extrapolation nowcast (ROVER-like): motion from the last frames, advect the last.
 
     Parameters
@@ -265,6 +265,9 @@ def extrapolation(inputs, leads, motion_frames=3, fill_value=np.nan, **motion_op
         How many of the last input frames feed the motion estimate (>= 2).
     fill_value : float
         Forecast where the trajectory leaves the domain (NaN: unknown; 0.0: no rain).
+    motion : array_like (..., 2, H, W), optional
+        The motion fields of these inputs when already estimated (motion_field of the last
+        motion_frames frames): they are used instead of estimating them again.
     **motion_options
         Passed to motion_field (levels, window_sigma, warps, regularization, smooth_sigma).
 
@@ -282,7 +285,7 @@ def extrapolation(inputs, leads, motion_frames=3, fill_value=np.nan, **motion_op
     out = np.empty(inputs.shape[:-3] + (len(leads),) + inputs.shape[-2:], dtype=dtype)
     for index in np.ndindex(inputs.shape[:-3]):
         frames = inputs[index][-max(2, int(motion_frames)):]
-        velocity = motion_field(frames, **motion_options)
+        velocity = motion_field(frames, **motion_options) if motion is None else np.asarray(motion)[index]
         out[index] = advect(frames[-1], velocity, leads, fill_value)
     return out
 

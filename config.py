@@ -82,6 +82,10 @@ CELL_KEYS = dict(  # the ConvLSTM cell options every ConvLSTM model shares
                       "H x W", "pixels", items=int, nullable=True),
 )
 
+LAGRANGIAN_DOC = ("forecast in Lagrangian coordinates (L-CNN): inputs moved to the last input time along the "
+                  "stored motion, the network predicts growth and decay, the result is advected to each lead; "
+                  "needs data.motion")
+
 SCHEMA = Section(
     task=Key(str, "nowcast", "what training.py trains on", choices=("nowcast", "sea_ice")),
     paths=Section(
@@ -161,11 +165,16 @@ SCHEMA = Section(
             base_channels=Key(int, 16, "hidden channels at the finest scale (doubled per level)", minimum=1),
             depth=Key(int, 3, "number of scales", minimum=1),
             **CELL_KEYS,
+            upsample=Key(str, "transposed", "decoder x2 upsampling: 2x2 transposed convolution, the same with ICNR "
+                         "initialisation, or bilinear x2 + 3x3 convolution",
+                         choices=("transposed", "transposed_icnr", "bilinear")),
+            lagrangian=Key(bool, False, LAGRANGIAN_DOC),
         ),
         encoder_forecaster=Section(
             "encoder-forecaster of Shi et al. (2015)",
             hidden_channels=Key(list, [32, 32], "hidden channels per stacked layer", items=int),
             **CELL_KEYS,
+            lagrangian=Key(bool, False, LAGRANGIAN_DOC),
         ),
     ),
     training=Section(

@@ -42,7 +42,7 @@ import config
 import metrics
 from atomic import atomic_path
 from config import UserError
-from model import build_model
+from model import Lagrangian, build_model
 from normalization import check_store, denormalize_target, sample_starts, target_input_frames, window_steps
 from preproc import EPOCH, NoCoverage, scan_case, write_case
 from training import load_checkpoint, pick_device
@@ -55,31 +55,53 @@ TABLE_COLUMNS = ("pmse", "accuracy", "precision", "recall", "f1", "csi", "far", 
 
 # --------------------------------------------------------------------------- forecasters
 class Forecaster:
-    """Runs the model and the baselines on one window; every output in mm/h, (T_out, H, W)."""
+    """Forecasts of the model and the baselines for a batch of windows; every output in mm/h."""
 
     def __init__(self, model, stats, params, device, source="checkpoint"):
         self.model, self.stats, self.device, self.source = model, stats, device, source
         data = params["data"]
         self.leads = [data["lead_steps"] + k for k in range(data["output_steps"])]  # steps after t0
+        self.motion_frames = data["motion_frames"]
+        self.lagrangian = isinstance(model, Lagrangian)
 
     def last_target_frames(self, x):
-        """The target channel of the inputs x (T_in, C, H, W) in mm/h, (T_in, H, W); None if it is no input."""
+        """The target channel of the inputs x (..., T_in, C, H, W) in mm/h, (..., T_in, H, W); None if it is no input."""
         return target_input_frames(x, self.stats)
 
-    @torch.no_grad()
-    def model_forecast(self, x):
-        """x: normalised inputs (B, T_in, C, H, W) numpy -> (B, T_out, H, W) mm/h."""
-        pred = self.model(torch.from_numpy(x).to(self.device)).float()[:, :, 0]
-        return denormalize_target(pred, self.stats).cpu().numpy()
+    def forecasts(self, x, methods):
+        """{method: (B, T_out, H, W) mm/h} for normalised inputs x (B, T_in, C, H, W) numpy.
 
-    def baseline(self, name, x):
+        The motion of each window (baselines.motion_field of its last data.motion_frames target
+        frames) is estimated once and used by the extrapolation and by a Lagrangian model.
+        """
         frames = self.last_target_frames(x)
-        if frames is None:
-            raise UserError(f"--methods {name}: the target {self.stats['target']['channel']!r} is not an input "
-                            f"channel, so {name} has no past frames to extrapolate")
-        if name == "persistence":
-            return baselines.persistence(frames, self.leads)
-        return baselines.extrapolation(frames, self.leads, fill_value=0.0)
+        baseline = [m for m in methods if m != "model"]
+        if baseline and frames is None:
+            raise UserError(f"--methods {baseline[0]}: the target {self.stats['target']['channel']!r} is not an "
+                            f"input channel, so {baseline[0]} has no past frames to extrapolate")
+        motion = None
+        if "extrapolation" in methods or (self.lagrangian and "model" in methods):
+            motion = np.stack([baselines.motion_field(f[-self.motion_frames:]) for f in frames])
+        out = {}
+        if "model" in methods:
+            out["model"] = self.model_forecast(x, motion)
+        if "persistence" in methods:
+            out["persistence"] = baselines.persistence(frames, self.leads)
+        if "extrapolation" in methods:
+            out["extrapolation"] = baselines.extrapolation(frames, self.leads, motion_frames=self.motion_frames,
+                                                           fill_value=0.0, motion=motion)
+        return out
+
+    @torch.no_grad()
+    def model_forecast(self, x, motion=None):
+        """x: normalised inputs (B, T_in, C, H, W) numpy (motion (B, 2, H, W) for a Lagrangian model)
+        -> (B, T_out, H, W) mm/h."""
+        inputs = torch.from_numpy(x).to(self.device)
+        if self.lagrangian:
+            pred = self.model(inputs, torch.from_numpy(motion).to(self.device, inputs.dtype))
+        else:
+            pred = self.model(inputs)
+        return denormalize_target(pred.float()[:, :, 0], self.stats).cpu().numpy()
 
 
 def load_model(checkpoint, params, device):
@@ -91,7 +113,7 @@ def load_model(checkpoint, params, device):
         raise UserError(f"{checkpoint}: a sea-ice checkpoint; evaluate.py scores nowcasting models "
                         "(training.py writes the sea-ice test scores to test_metrics.json)")
     ckpt_params = state["params"]
-    model = build_model(ckpt_params, len(state["stats"]["channels"])).to(device)
+    model = build_model(ckpt_params, len(state["stats"]["channels"]), state["stats"]).to(device)
     model.load_state_dict(state["model"])
     model.eval()
     data_keys = ("input_steps", "lead_steps", "output_steps")
@@ -130,13 +152,7 @@ def score_split(forecaster, params, split, methods, batch_size):
             x = np.stack([store["inputs"][inputs] for inputs, _ in steps])
             obs = denormalize_target(np.stack([store["target"][targets] for _, targets in steps]), forecaster.stats)
             cover = np.stack([store["coverage"][targets] for _, targets in steps])
-            forecasts = {}
-            if "model" in methods:
-                forecasts["model"] = forecaster.model_forecast(x)
-            for method in methods:
-                if method != "model":
-                    forecasts[method] = np.stack([forecaster.baseline(method, xi) for xi in x])
-            for method, fc in forecasts.items():
+            for method, fc in forecaster.forecasts(x, methods).items():
                 for i in range(len(batch)):  # per window: (T_out, H, W), lead axis 0
                     for accumulator in acc[method]:
                         accumulator.update(fc[i], obs[i], cover[i])
@@ -226,16 +242,17 @@ def predict(forecaster, params, raw_case_dir, output, t0_text):
         raise UserError(f"{raw_case_dir}: raw case folder not found (expected <case>/<source>/<YYYYmmddHHMM>.npy)")
     raw_dir, case = os.path.split(raw_case_dir)
     data = params["data"]
+    wanted = parse_t0(t0_text) if t0_text else None
     plan = scan_case(raw_dir or ".", case, params)
+    no_motion = {**params, "data": {**data, "motion": False}}  # the forecaster estimates the window's motion
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            store = zarr.open_group(write_case(plan, "predict", tmp, forecaster.stats, params)[0], mode="r")
+            store = zarr.open_group(write_case(plan, "predict", tmp, forecaster.stats, no_motion)[0], mode="r")
         except NoCoverage as exc:
             raise UserError(f"{raw_case_dir}: {exc}") from None
         valid, minutes = store["valid"][:], store["time"][:]
         ends = [t for t in range(data["input_steps"] - 1, len(valid)) if valid[t - data["input_steps"] + 1:t + 1].all()]
         if t0_text:
-            wanted = parse_t0(t0_text)
             ends = [t for t in ends if minutes[t] == wanted]
             if not ends:
                 raise UserError(f"--t0 {t0_text}: no valid input window ends then in {raw_case_dir}")
@@ -243,7 +260,7 @@ def predict(forecaster, params, raw_case_dir, output, t0_text):
             raise UserError(f"{raw_case_dir}: no {data['input_steps']} consecutive valid steps to forecast from")
         t0 = ends[-1]
         x = store["inputs"][t0 - data["input_steps"] + 1:t0 + 1][None]
-        forecast = forecaster.model_forecast(x)[0]  # (T_out, H, W) mm/h
+        forecast = forecaster.forecasts(x, ["model"])["model"][0]  # (T_out, H, W) mm/h
         inputs_mm = forecaster.last_target_frames(x[0])
         lead_steps = np.array(forecaster.leads)
         targets = [t0 + k for k in lead_steps]

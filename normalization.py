@@ -56,6 +56,13 @@ def normalize(x, lo, hi, name):
     return normalize_inplace(x.astype(np.result_type(x.dtype, np.float32)), lo, hi, name)
 
 
+def normalize_tensor(x, lo, hi, name):
+    """Physical x (torch tensor, mm/h for rain) -> normalised, differentiable; as `normalize`."""
+    if name == "log1p":
+        x = x.clamp(min=0).log1p()
+    return (x - lo) / _scale(lo, hi)
+
+
 def denormalize(y, lo, hi, name):
     """Normalised y (numpy array or torch tensor) -> physical units; inverse of `normalize`."""
     return inverse_transform(y * _scale(lo, hi) + lo, name)
@@ -82,12 +89,17 @@ def target_input_frames(x, stats):
     x: normalised inputs (..., T, C, H, W), numpy or torch. Returns (..., T, H, W): what persistence
     and extrapolation forecast from.
     """
-    target = stats["target"]
-    pairs = list(zip(stats["sources"], stats["channels"]))
-    if (target["source"], target["channel"]) not in pairs:
+    c = target_channel(stats)
+    if c is None:
         return None
-    c = pairs.index((target["source"], target["channel"]))
     return denormalize(x[..., c, :, :], stats["min"][c], stats["max"][c], stats["transform"][c])
+
+
+def target_channel(stats):
+    """Index of the target among the input channels of stats.json, or None when it is no input."""
+    pairs = list(zip(stats["sources"], stats["channels"]))
+    key = (stats["target"]["source"], stats["target"]["channel"])
+    return pairs.index(key) if key in pairs else None
 
 
 # --------------------------------------------------------------------------- sample windows

@@ -50,6 +50,7 @@ import metrics
 from atomic import atomic_path
 from config import UserError
 from dataset import load_datasets, make_datasets, pad_collate
+from lagrangian import trajectories
 from model import build_model, count_parameters
 from normalization import denormalize_target, load_stats, target_input_frames
 from utils import ConsolidatedSICDataset, open_consolidated
@@ -98,7 +99,8 @@ def task_loss(pred, y, mask, task, loss_cfg):
 # --------------------------------------------------------------------------- tasks
 # A task tells the loop what a batch is and how it is scored. It has:
 #   datasets {"train", "val", "test": Dataset}, collate (or None), in_channels, stats (saved in
-#   checkpoints; None for sea ice), unpack(batch, device) -> (x, y, mask), loss(pred, y, mask),
+#   checkpoints; None for sea ice), unpack(batch, device) -> (x, y, mask) where x is the model's
+#   input (a tensor, or a tuple of the model's arguments), loss(pred, y, mask),
 #   to_physical(y), set_epoch(epoch); for the final test also persistence(x), lead_minutes,
 #   thresholds, pixel_area_km2. Optional: train_step(model, batch, optimizer, device, amp) -> (loss,
 #   samples) replaces `supervised_step` (a GAN), extra_state() / load_extra_state(state) carry
@@ -118,11 +120,24 @@ class NowcastTask:
         self.thresholds = params["evaluation"]["thresholds"]
         self.loss_cfg = params["training"]["loss"]
         self.pixel_area_km2 = None
+        self.leads = [params["data"]["lead_steps"] + k for k in range(params["data"]["output_steps"])]
+        self.lagrangian = bool(params["model"].get(params["model"]["name"], {}).get("lagrangian"))
+        if self.lagrangian and not all(d.has_motion for d in self.datasets.values()):
+            raise UserError(f"model.{params['model']['name']}.lagrangian needs the motion field in the stores of "
+                            f"{processed}: re-run preproc.py with data.motion true")
 
     def unpack(self, batch, device):
-        """x (B, T_in, C, H, W), y (B, T_out, 1, H, W), mask bool like y."""
-        return (batch["x"].to(device, non_blocking=True), batch["y"].to(device, non_blocking=True),
-                batch["coverage"].to(device, non_blocking=True))
+        """x (B, T_in, C, H, W) (Lagrangian models: the tuple (x, motion (B, 2, H, W))), y (B, T_out, 1, H, W),
+        mask bool like y: covered, and for Lagrangian models also reached by a trajectory from inside the frame."""
+        x, y = batch["x"].to(device, non_blocking=True), batch["y"].to(device, non_blocking=True)
+        mask = batch["coverage"].to(device, non_blocking=True)
+        if not self.lagrangian:
+            return x, y, mask
+        motion = batch["motion"].to(device, non_blocking=True)
+        with torch.no_grad():
+            steps = trajectories(motion, max(self.leads))
+            inside = torch.stack([steps[lead - 1].inside for lead in self.leads], dim=1)  # (B, T_out, 1, H, W)
+        return (x, motion), y, mask & inside
 
     def loss(self, pred, y, mask):
         return task_loss(pred, y, mask, self, self.loss_cfg)
@@ -132,6 +147,7 @@ class NowcastTask:
 
     def persistence(self, x):
         """Last input frame of the target channel in mm/h, repeated: (B, T_out, 1, H, W); None if not an input."""
+        x = x[0] if isinstance(x, tuple) else x
         last = target_input_frames(x[:, -1:], self.stats)  # (B, 1, H, W)
         return None if last is None else last[:, :, None].expand(-1, len(self.lead_minutes), -1, -1, -1)
 
@@ -353,14 +369,19 @@ def supervised_step(model, task, batch, optimizer, device, amp):
     """One optimiser step on task.loss; returns (loss, samples). Raises Diverged before updating."""
     x, y, mask = task.unpack(batch, device)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-        pred = model(x)
+        pred = forward(model, x)
     loss = task.loss(pred.float(), y, mask)
     if not torch.isfinite(loss):
         raise Diverged(f"loss is {loss.item()}")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return loss.item(), x.shape[0]
+    return loss.item(), y.shape[0]
+
+
+def forward(model, x):
+    """The model's forecast from unpacked inputs: x a tensor, or a tuple of arguments (x, motion)."""
+    return model(*x) if isinstance(x, tuple) else model(x)
 
 
 def cycle(loader, epoch):
@@ -406,7 +427,7 @@ def validate(model, task, loader, params, run):
             break
         x, y, mask = task.unpack(batch, run.device)
         with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=amp):
-            pred = model(x).float()
+            pred = forward(model, x).float()
         sums += torch.stack([task.loss(pred, y, mask).double(), torch.ones((), dtype=torch.float64, device=run.device)])
     if run.world > 1:
         dist.all_reduce(sums)
@@ -493,7 +514,7 @@ def test(model, task, loader, params, device):
     for batch in tqdm(loader, desc="test", unit="batch", leave=False):
         x, y, mask = task.unpack(batch, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            pred = model(x).float()
+            pred = forward(model, x).float()
         forecasts = {"model": task.to_physical(pred), "persistence": task.persistence(x)}  # physical units
         obs = task.to_physical(y)[:, :, 0].cpu().numpy()
         valid = mask[:, :, 0].cpu().numpy()
@@ -571,7 +592,7 @@ def main(argv=None):
     task = make_task(params)
     # 3. the model (the loss is task.loss; AdamW and ReduceLROnPlateau are made by fit)
     seed_everything(params["training"]["seed"])
-    model = build_model(params, task.in_channels).to(run.device)
+    model = build_model(params, task.in_channels, task.stats).to(run.device)
     # 4. the epochs: train, validate, adjust the learning rate, keep the best checkpoint
     try:
         progress = fit(params, task, model, run, resume_run=args.resume)

@@ -174,3 +174,44 @@ def test_sea_ice_task_trains_and_tests(tmp_path):
     task = training.SeaIceTask(config.load_params(str(cfg)))
     x, y, mask = task.unpack(next(iter(torch.utils.data.DataLoader(task.datasets["train"], batch_size=1))), "cpu")
     assert not mask[0, 0, 0, :3].any() and mask[0, 0, 0, 3:].all()
+
+
+def test_lagrangian_model_trains_evaluates_and_masks_inflow(processed, tmp_path):
+    import evaluate
+    params = json.loads(open(write_tiny_params(tmp_path, processed, epochs=1)).read())
+    params["model"]["convlstm_unet"]["lagrangian"] = True
+    cfg = tmp_path / "params.json"
+    cfg.write_text(json.dumps(params))
+    assert training.main(["--config", str(cfg)]) == 0
+    state = read_state(tmp_path / "ckpt" / "best.pt")
+    assert any(k.startswith("network.") for k in state["model"])  # the wrapped U-Net
+    assert evaluate.main(["--config", str(cfg), "--checkpoint", str(tmp_path / "ckpt" / "best.pt"),
+                          "--methods", "model,extrapolation"]) == 0
+    # the loss ignores pixels whose trajectory starts outside the crop: a uniform flow of +3 px/step
+    # along x leaves 3 * lead columns at the left edge without a source
+    task = training.NowcastTask(config.load_params(str(cfg)))
+    batch = next(iter(torch.utils.data.DataLoader(task.datasets["val"], batch_size=2,
+                                                  collate_fn=task.collate)))
+    batch["motion"] = torch.zeros_like(batch["motion"])
+    batch["motion"][:, 0] = 3.0
+    (x, motion), y, mask = task.unpack(batch, "cpu")
+    for k, lead in enumerate(task.leads):
+        assert not mask[:, k, 0, :, :3 * lead].any()
+        assert torch.equal(mask[:, k, 0, :, 3 * lead:], batch["coverage"][:, k, 0, :, 3 * lead:])
+
+
+def test_lagrangian_model_needs_motion_in_the_stores(processed, tmp_path, capsys):
+    params = json.loads(open(write_tiny_params(tmp_path, processed, epochs=1)).read())
+    params["model"]["convlstm_unet"]["lagrangian"] = True
+    params["paths"]["processed_data"] = str(tmp_path / "copy")
+    shutil.copytree(processed, tmp_path / "copy")
+    for split in ("train", "val", "test"):
+        for store in os.listdir(tmp_path / "copy" / split):
+            shutil.rmtree(tmp_path / "copy" / split / store / "motion")
+    cfg = tmp_path / "params.json"
+    cfg.write_text(json.dumps(params))
+    with pytest.raises(SystemExit):
+        config.run_main(training.main, ["--config", str(cfg)])
+    assert capsys.readouterr().err.strip() == (
+        f"error: model.convlstm_unet.lagrangian needs the motion field in the stores of {tmp_path / 'copy'}: "
+        "re-run preproc.py with data.motion true")
