@@ -192,9 +192,14 @@ SCHEMA = Section(
         amp=Key(bool, True, "bf16 autocast on CUDA (ignored on CPU)"),
         lr_patience=Key(int, 2, "ReduceLROnPlateau patience", "epochs", minimum=0),
         lr_factor=Key(NUM, 0.5, "ReduceLROnPlateau factor", minimum=0),
+        early_stop_patience=Key(int, 0, "stop when the validation loss has not improved for this many epochs "
+                                "(0: never)", "epochs", minimum=0),
+        cpu_minutes=Key(NUM, 0, "stop after the epoch in which this run's CPU time (all threads and loader "
+                        "workers) passes this budget (0: no budget)", "min", minimum=0),
         loss=Section(
             "loss on the target (pixels outside coverage, and land, carry no weight)",
-            name=Key(str, "weighted_mse", "loss function", choices=("weighted_mse", "mse", "mae")),
+            name=Key(str, "weighted_mse", "loss function; weighted_mse_mae is the B-MSE + B-MAE of Shi et al. (2017)",
+                     choices=("weighted_mse", "weighted_mse_mae", "mse", "mae")),
             thresholds=Key(list, [2.0, 5.0, 10.0, 30.0], "weighted_mse: rain-rate thresholds", "mm/h", items=NUM),
             weights=Key(list, [1.0, 2.0, 5.0, 10.0, 30.0],
                         "weighted_mse: weight below the first threshold, then above each", items=NUM),

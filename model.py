@@ -352,7 +352,8 @@ class Lagrangian(nn.Module):
     3. z is turned into physical units (mm/h), advected `lead` steps along the same motion (0 mm/h
        where the trajectory leaves the frame) and normalised again.
     With a network that outputs 0 the forecast is the optical-flow extrapolation of
-    baselines.extrapolation (tests/test_model.py): training starts from the baseline.
+    baselines.extrapolation (tests/test_model.py); the network's 1x1 head starts at zero, so
+    training starts from that baseline and learns growth, decay and smoothing.
 
     target: {"channel": index of the target among the input channels, "min", "max", "transform"}
     (stats.json); leads: the lead time of each output frame, steps after t0.
@@ -366,6 +367,10 @@ class Lagrangian(nn.Module):
             raise ValueError(f"Lagrangian: {len(leads)} lead times for {network.output_steps} output frames")
         self.network, self.leads, self.target = network, list(leads), dict(target)
         self.in_channels, self.output_steps = network.in_channels, network.output_steps
+        head = getattr(network, "head", None)
+        if isinstance(head, nn.Conv2d):  # start as the extrapolation: no change at any lead
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
 
     def forward(self, x, motion):
         if motion is None or motion.shape != (x.shape[0], 2) + x.shape[-2:]:

@@ -37,6 +37,7 @@ import json
 import math
 import os
 import random
+import resource
 import sys
 import time
 
@@ -88,12 +89,15 @@ def masked_loss(pred, target, mask, name, weights=None):
 
 
 def task_loss(pred, y, mask, task, loss_cfg):
-    """training.loss on one batch: weighted_mse weights come from the true target in physical units
-    (mm/h); the sea-ice task (no rain-rate stats) uses plain mse for weighted_mse."""
-    weights = None
-    if loss_cfg["name"] == "weighted_mse" and task.stats is not None:
+    """training.loss on one batch: the weights of weighted_mse and weighted_mse_mae come from the true
+    target in physical units (mm/h); the sea-ice task (no rain-rate stats) uses no weights.
+    weighted_mse_mae = weighted MSE + weighted MAE (B-MSE + B-MAE, Shi et al. 2017, NeurIPS, eq. 5)."""
+    name, weights = loss_cfg["name"], None
+    if name.startswith("weighted") and task.stats is not None:
         weights = intensity_weights(task.to_physical(y), loss_cfg["thresholds"], loss_cfg["weights"])
-    return masked_loss(pred, y, mask, "mae" if loss_cfg["name"] == "mae" else "mse", weights)
+    if name.endswith("mse_mae"):
+        return masked_loss(pred, y, mask, "mse", weights) + masked_loss(pred, y, mask, "mae", weights)
+    return masked_loss(pred, y, mask, "mae" if name == "mae" else "mse", weights)
 
 
 # --------------------------------------------------------------------------- tasks
@@ -316,6 +320,7 @@ class Progress:
         self.best = os.path.join(paths["checkpoints"], "best.pt")
         self.log = os.path.join(paths["outputs"], "train_log.csv")
         self.epoch, self.step, self.best_val, self.log_rows = 0, 0, math.inf, []
+        self.bad_epochs = 0  # epochs since the validation loss last improved
 
 
 def resume(progress, model, optimizer, scheduler, task, params, run):
@@ -331,6 +336,7 @@ def resume(progress, model, optimizer, scheduler, task, params, run):
     if hasattr(task, "load_extra_state"):
         task.load_extra_state(state.get("extra"))
     progress.epoch, progress.step, progress.best_val = state["epoch"], state["step"], state["best_val"]
+    progress.bad_epochs = state.get("bad_epochs", 0)
     if progress.epoch >= params["training"]["epochs"]:
         raise UserError(f"training.epochs {params['training']['epochs']}: {progress.last} already holds "
                         f"{progress.epoch} epochs; ask for more epochs (--epochs N) to continue")
@@ -442,11 +448,13 @@ def end_epoch(progress, model, optimizer, scheduler, task, params, run, epoch, t
     scheduler.step(val_loss)
     improved = val_loss < progress.best_val
     progress.epoch, progress.best_val = epoch + 1, min(progress.best_val, val_loss)
+    progress.bad_epochs = 0 if improved else progress.bad_epochs + 1
     if not run.main:
         return
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
              "epoch": epoch + 1, "step": progress.step, "rng": rng_states(), "params": params, "stats": task.stats,
-             "best_val": progress.best_val, "val_loss": val_loss, "in_channels": task.in_channels}
+             "best_val": progress.best_val, "val_loss": val_loss, "in_channels": task.in_channels,
+             "bad_epochs": progress.bad_epochs}
     if hasattr(task, "extra_state"):
         state["extra"] = task.extra_state()
     save_checkpoint(progress.last, state)
@@ -485,6 +493,7 @@ def fit(params, task, model, run, resume_run=False):
         print(f"{params['task']}: {type(model).__name__} ({count_parameters(model):,} parameters) on {run.device}"
               f"{f' x {run.world} ranks' if run.world > 1 else ''}; samples train/val/test "
               f"{', '.join(str(len(d)) for d in task.datasets.values())}")
+    cpu_start = cpu_seconds()
     for epoch in range(progress.epoch, training["epochs"]):
         seed_everything(training["seed"] * 1000003 + epoch)
         task.set_epoch(epoch)
@@ -493,8 +502,33 @@ def fit(params, task, model, run, resume_run=False):
         val_loss = validate(net, task, loaders["val"], params, run)
         end_epoch(progress, model, optimizer, scheduler, task, params, run, epoch, train_loss, val_loss, samples,
                   time.time() - started)
+        reason = stop_reason(progress, training, cpu_seconds() - cpu_start, run)
+        if reason:
+            if run.main:
+                print(f"stopped after epoch {epoch + 1}: {reason}")
+            break
     progress.test_loader = loaders["test"]
     return progress
+
+
+def cpu_seconds():
+    """CPU time of this process (every thread) and of its finished children (loader workers), s."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def stop_reason(progress, training, cpu_used, run):
+    """Why training stops before training.epochs (early stopping, CPU budget), or None; rank 0 decides."""
+    reason = None
+    if training["early_stop_patience"] and progress.bad_epochs >= training["early_stop_patience"]:
+        reason = f"no better validation loss for {progress.bad_epochs} epochs (training.early_stop_patience)"
+    elif training["cpu_minutes"] and cpu_used >= 60 * training["cpu_minutes"]:
+        reason = f"{cpu_used / 60:.1f} CPU minutes used (training.cpu_minutes {training['cpu_minutes']:g})"
+    if run.world > 1:
+        flag = torch.tensor([reason is not None], dtype=torch.int32, device=run.device)
+        dist.broadcast(flag, src=0)  # every rank takes rank 0's decision
+        reason = (reason or "rank 0 stopped") if flag.item() else None
+    return reason
 
 
 @torch.no_grad()

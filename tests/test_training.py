@@ -215,3 +215,38 @@ def test_lagrangian_model_needs_motion_in_the_stores(processed, tmp_path, capsys
     assert capsys.readouterr().err.strip() == (
         f"error: model.convlstm_unet.lagrangian needs the motion field in the stores of {tmp_path / 'copy'}: "
         "re-run preproc.py with data.motion true")
+
+
+def test_early_stopping_and_cpu_budget(processed, tmp_path, monkeypatch, capsys):
+    cfg = write_tiny_params(tmp_path, processed, epochs=6, early_stop_patience=1)
+    losses = iter([0.5, 0.4, 0.45, 0.3])  # epoch 3 does not improve: stop there
+    monkeypatch.setattr(training, "validate", lambda *a, **k: next(losses))
+    assert training.main(["--config", cfg, "--skip_test"]) == 0
+    out = capsys.readouterr().out
+    assert "stopped after epoch 3: no better validation loss for 1 epochs (training.early_stop_patience)" in out
+    assert read_state(tmp_path / "ckpt" / "last.pt")["epoch"] == 3
+    assert read_state(tmp_path / "ckpt" / "best.pt")["epoch"] == 2
+    (tmp_path / "b").mkdir()
+    cfg = write_tiny_params(tmp_path / "b", processed, epochs=6, cpu_minutes=0.001)  # 0.06 s: one epoch
+    assert training.main(["--config", cfg, "--skip_test"]) == 0
+    assert "stopped after epoch 1: " in capsys.readouterr().out
+    assert read_state(tmp_path / "b" / "ckpt" / "last.pt")["epoch"] == 1
+
+
+def test_loss_options_by_hand():
+    pred = torch.tensor([1.0, 2.0, 3.0]).reshape(1, 1, 1, 1, 3)
+    target = torch.tensor([0.0, 0.0, 5.0]).reshape(1, 1, 1, 1, 3)
+    mask = torch.ones_like(pred, dtype=torch.bool)
+
+    class Task:
+        stats = {"target": {"min": 0.0, "max": 1.0, "transform": "none"}}
+
+        def to_physical(self, y):
+            return y
+    cfg = {"thresholds": [2.0], "weights": [1.0, 3.0]}
+    # errors 1, 2, -2; weights 1, 1, 3 (the last target is >= 2 mm/h)
+    assert training.task_loss(pred, target, mask, Task(), {**cfg, "name": "mse"}).item() == pytest.approx(9 / 3)
+    assert training.task_loss(pred, target, mask, Task(), {**cfg, "name": "weighted_mse"}).item() == \
+        pytest.approx((1 + 4 + 12) / 3)
+    assert training.task_loss(pred, target, mask, Task(), {**cfg, "name": "weighted_mse_mae"}).item() == \
+        pytest.approx((1 + 4 + 12) / 3 + (1 + 2 + 6) / 3)
