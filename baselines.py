@@ -30,6 +30,7 @@ import numpy as np
 from scipy import ndimage
 
 from config import UserError
+from interpolation import bilinear_sample
 
 
 # --------------------------------------------------------------------------- lead times
@@ -81,9 +82,10 @@ def _masked_blur(image, weight, sigma):
     return np.where(denominator > 1e-6, numerator / np.maximum(denominator, 1e-6), 0.0), denominator
 
 
-def _sample(image, x, y, order=1):
-    """Bilinear samples of image (H, W) at pixel coordinates x (column), y (row); edges clamped."""
-    return ndimage.map_coordinates(image, [y, x], order=order, mode="nearest", prefilter=False)
+def _sample(image, x, y):
+    """Bilinear samples of image (H, W) at pixel coordinates x (column), y (row); edges clamped
+    (scipy's map_coordinates order=1, mode="nearest", computed by interpolation.bilinear_sample)."""
+    return bilinear_sample(image, x, y)
 
 
 def _pyramid(images, weights, n_levels):
