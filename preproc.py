@@ -132,46 +132,18 @@ def scan_case(raw_dir, case_id, params):
 
     Returns a plan: {"case", "grid" (H, W), "start" (minutes since 1970), "n_steps" T,
     "sources": {source: {"channels", "steps" int (F,), "paths" [F], "native_steps", "max_gap",
-    "valid" bool (T,), "steps_filled"}}, "valid" bool (T,)}.
+    "valid" bool (T,), "steps_filled", "nonnegative"}}, "valid" bool (T,)}.
     """
     data = params["data"]
     step = data["time_step_minutes"]
-    grid, grid_file, files = None, None, {}
+    grid, files = None, {}
     for source, channels in case_sources(params).items():
-        folder = os.path.join(raw_dir, case_id, source)
-        if not os.path.isdir(folder):
-            raise UserError(f"case {case_id}: source folder {folder} missing (data.inputs / data.target "
-                            f"list source {source!r})")
-        names = sorted(n for n in os.listdir(folder) if n.endswith(".npy") and not n.startswith("."))
-        if not names:
-            raise UserError(f"case {case_id}: {folder}: no .npy files")
-        entries = []
-        for name in names:
-            path = os.path.join(folder, name)
-            minute = parse_time(case_id, path)
-            shape = read_header(case_id, path)
-            n = len(channels)
-            if len(shape) == 3 and shape[0] == n:
-                frame = tuple(shape[1:])
-            elif len(shape) == 2 and n == 1:
-                frame = tuple(shape)
-            else:
-                found = f"{shape[0]} channels" if len(shape) == 3 else f"{len(shape)} dimensions"
-                raise UserError(f"case {case_id}: {path}: shape {tuple(shape)} ({found}), expected {n} "
-                                f"channel(s) {channels} of source {source!r} as ({n}, H, W)"
-                                + (" or (H, W)" if n == 1 else ""))
-            if grid is None:
-                grid, grid_file = frame, path
-            elif frame != grid:
-                raise UserError(f"case {case_id}: {path}: grid {frame[0]}x{frame[1]} differs from "
-                                f"{grid[0]}x{grid[1]} of {grid_file}")
-            entries.append((minute, path))
+        entries, grid = scan_source(raw_dir, case_id, source, channels, grid)
         files[source] = (channels, entries)
-
     start = min(entries[0][0] for _, entries in files.values())
     end = max(entries[-1][0] for _, entries in files.values())
     n_steps = (end - start) // step + 1
-    plan = {"case": case_id, "grid": grid, "start": start, "n_steps": n_steps, "sources": {}}
+    plan = {"case": case_id, "grid": grid[0], "start": start, "n_steps": n_steps, "sources": {}}
     valid_all = np.ones(n_steps, dtype=bool)
     for source, (channels, entries) in files.items():
         minutes = np.array([m for m, _ in entries], dtype=np.int64)
@@ -181,14 +153,45 @@ def scan_case(raw_dir, case_id, params):
             axis_start = EPOCH + dt.timedelta(minutes=int(start))
             raise UserError(f"case {case_id}: {first}: time is not on the {step}-minute axis starting at "
                             f"{axis_start:%Y%m%d%H%M} (the case's first file; see data.time_step_minutes)")
-        steps = (minutes - start) // step
-        placed = place_source(steps, n_steps, data["max_gap_steps"])
+        placed = place_source((minutes - start) // step, n_steps, data["max_gap_steps"])
         placed.update(channels=channels, paths=[p for _, p in entries],
                       nonnegative=[data["transform"].get(c, "none") == "log1p" for c in channels])
         plan["sources"][source] = placed
         valid_all &= placed["valid"]
     plan["valid"] = valid_all
     return plan
+
+
+def scan_source(raw_dir, case_id, source, channels, grid):
+    """[(minutes, path)] of one source's files, each checked by name and header; grid: None or
+    ((H, W), the file that set it), which every file must match. Returns (entries, grid)."""
+    folder = os.path.join(raw_dir, case_id, source)
+    if not os.path.isdir(folder):
+        raise UserError(f"case {case_id}: source folder {folder} missing (data.inputs / data.target "
+                        f"list source {source!r})")
+    names = sorted(n for n in os.listdir(folder) if n.endswith(".npy") and not n.startswith("."))
+    if not names:
+        raise UserError(f"case {case_id}: {folder}: no .npy files")
+    entries, n = [], len(channels)
+    for name in names:
+        path = os.path.join(folder, name)
+        minute, shape = parse_time(case_id, path), read_header(case_id, path)
+        if len(shape) == 3 and shape[0] == n:
+            frame = tuple(shape[1:])
+        elif len(shape) == 2 and n == 1:
+            frame = tuple(shape)
+        else:
+            found = f"{shape[0]} channels" if len(shape) == 3 else f"{len(shape)} dimensions"
+            raise UserError(f"case {case_id}: {path}: shape {tuple(shape)} ({found}), expected {n} "
+                            f"channel(s) {channels} of source {source!r} as ({n}, H, W)"
+                            + (" or (H, W)" if n == 1 else ""))
+        if grid is None:
+            grid = (frame, path)
+        elif frame != grid[0]:
+            raise UserError(f"case {case_id}: {path}: grid {frame[0]}x{frame[1]} differs from "
+                            f"{grid[0][0]}x{grid[0][1]} of {grid[1]}")
+        entries.append((minute, path))
+    return entries, grid
 
 
 def place_source(steps, n_steps, max_gap_steps):
