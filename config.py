@@ -39,6 +39,9 @@ def run_main(main, argv=None):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:  # output piped into a reader that stopped (e.g. `| head`): no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
     sys.exit(status or 0)
 
 
@@ -327,29 +330,33 @@ def get_dotted(params, dotted):
     return node
 
 
-def load_params(path=DEFAULT_CONFIG, overrides=None):
+BUILTIN_MODEL = "convlstm_unet"  # the one required key; the sea-ice tools never use it
+
+
+def builtin_params():
+    """Every key at its schema default (model.name: BUILTIN_MODEL): the configuration of a tool run
+    without a params.json."""
+    skeleton = {name: {} for name, spec in SCHEMA.items() if isinstance(spec, Section)}
+    skeleton["model"] = {"name": BUILTIN_MODEL}
+    return validate(skeleton)
+
+
+def load_params(path=None, overrides=None, builtin_defaults=False):
     """Read, merge and validate a configuration.
 
-    path: params.json to read; it must exist and hold the required sections.
+    path: params.json to read; None: ./params.json (the --config default). A file that is missing
+        is a UserError, except when path is None, ./params.json does not exist and
+        builtin_defaults is True (the sea-ice tools, which run from any folder): then the schema
+        defaults are used (`builtin_params()`), and one note on stderr says so.
     overrides: {"section.key": value}; None values are ignored (flag not given).
     Returns the validated dict with every default filled in.
     """
-    if not os.path.isfile(path):
-        hint = " (run from the repository root or pass --config PATH)" if path == DEFAULT_CONFIG else ""
-        raise UserError(f"{path}: config file not found{hint}")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            raw = json.load(fh)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read ({exc})")
-    if not isinstance(raw, dict):
-        raise UserError(f"{path}: expected a JSON object at the top level")
-    try:
-        params = validate(raw)
-    except UserError as exc:
-        raise UserError(f"{path}: {exc}") from None
+    if path is None and builtin_defaults and not os.path.exists(DEFAULT_CONFIG):
+        print(f"note: no ./{DEFAULT_CONFIG} here: using the built-in defaults (python config.py --dump "
+              "shows them; --config PATH reads a file)", file=sys.stderr)
+        params = builtin_params()
+    else:
+        params = _read_params(DEFAULT_CONFIG if path is None else path, explicit=path is not None)
     overrides = overrides or {}
     for dotted, value in overrides.items():
         if value is not None:
@@ -363,11 +370,50 @@ def load_params(path=DEFAULT_CONFIG, overrides=None):
         raise UserError(f"{flag}: {exc}" if flag else str(exc)) from None
 
 
-def add_config_arg(parser):
-    """Add the `--config PATH` flag every script shares."""
-    parser.add_argument("--config", default=DEFAULT_CONFIG, metavar="PATH",
-                        help=f"params.json to read (default: ./{DEFAULT_CONFIG}); flags override its values")
+def _read_params(path, explicit):
+    """The validated contents of the params.json at `path`; UserError naming the file when it is
+    missing, unreadable, not JSON or not valid."""
+    if not os.path.isfile(path):
+        what = "is a folder, expected a params.json file" if os.path.isdir(path) else "config file not found"
+        hint = "" if explicit else " (run from the repository root or pass --config PATH)"
+        raise UserError(f"{path}: {what}{hint}")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            raw = json.load(fh)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read ({exc})")
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a JSON object at the top level")
+    try:
+        return validate(raw)
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from None
+
+
+def add_config_arg(parser, builtin_defaults=False):
+    """Add the `--config PATH` flag every script shares (default None: ./params.json; pass
+    builtin_defaults=True to load_params too when the script may run without one)."""
+    fallback = ", or the built-in defaults when there is none" if builtin_defaults else ""
+    parser.add_argument("--config", default=None, metavar="PATH",
+                        help=f"params.json to read (default: ./{DEFAULT_CONFIG}{fallback}); flags override its values")
     return parser
+
+
+def ensure_folder(folder, what="output folder"):
+    """Create `folder` and its parents; UserError naming it when that is impossible (a file is in the way,
+    no permission). Returns folder."""
+    try:
+        os.makedirs(folder or ".", exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = folder
+        while blocker and not os.path.isfile(blocker) and os.path.dirname(blocker) != blocker:
+            blocker = os.path.dirname(blocker)
+        raise UserError(f"{what} {folder}: {blocker} is a file, expected a folder") from None
+    except OSError as exc:
+        raise UserError(f"{what} {folder}: cannot create it ({exc.strerror or exc})") from None
+    return folder
 
 
 # --------------------------------------------------------------------------- command-line overrides
@@ -488,7 +534,8 @@ def main(argv=None):
     add_config_arg(parser)
     parser.add_argument("--markdown", action="store_true", help="print the key reference as a Markdown table")
     parser.add_argument("--readme", metavar="PATH", help="rewrite the reference table in this README.md")
-    parser.add_argument("--dump", action="store_true", help="print the full configuration with defaults filled in")
+    parser.add_argument("--dump", action="store_true", help="print the full configuration with defaults filled in "
+                        "(the built-in defaults when there is no ./params.json)")
     args = parser.parse_args(argv)
     if args.markdown:
         print(markdown_reference())
@@ -497,11 +544,11 @@ def main(argv=None):
         update_readme(args.readme)
         print(f"updated the params.json reference in {args.readme}")
         return 0
-    params = load_params(args.config)
+    params = load_params(args.config, builtin_defaults=args.dump)
     if args.dump:
         print(json.dumps(params, indent=2))
     else:
-        print(f"{args.config}: valid")
+        print(f"{args.config or DEFAULT_CONFIG}: valid")
     return 0
 
 

@@ -18,15 +18,15 @@ import sys
 import numpy as np
 from tqdm import tqdm
 
-from asi_files import add_day_range_args, asi_filename, date_flag, date_range, read_day
+from asi_files import BadDay, add_day_range_args, asi_filename, date_flag, date_range, read_day, scan_days
 from config import UserError, add_config_arg, load_params, run_main
 from plotting import plot_roi_pixels
 
 
-def main(argv=None):
+def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_arg(parser)
+    add_config_arg(parser, builtin_defaults=True)
     add_day_range_args(parser)
     for name, what in (("ymin", "first ROI row"), ("ymax", "ROI row end, exclusive"),
                        ("xmin", "first ROI column"), ("xmax", "ROI column end, exclusive")):
@@ -35,10 +35,29 @@ def main(argv=None):
     parser.add_argument("--output_file", default=None,
                         help="ROI figure, PNG (default: <paths.outputs>/plots/roi_<start>_<end>_y<ymin>-<ymax>"
                              "_x<xmin>-<xmax>.png)")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def roi_missing(path, window):
+    """NaN pixels of the ROI of one day, or None when the whole day has no valid value (no data that
+    day). Raises BadDay when the file cannot be used."""
+    part = read_day(path, window)
+    if np.isnan(part).all():
+        try:
+            read_day(path, note=lambda *_: None)  # the whole frame: a day with no data at all is a missing day
+        except BadDay as exc:
+            if "no valid value" in str(exc):
+                return None
+            raise
+    return int(np.isnan(part).sum())
+
+
+def main(argv=None):
+    args = parse_args(argv)
     params = load_params(args.config, {"paths.sea_ice_data": args.source_dir,
                                        "sea_ice.start_date": date_flag("--start_date", args.start_date),
-                                       "sea_ice.end_date": date_flag("--end_date", args.end_date)})
+                                       "sea_ice.end_date": date_flag("--end_date", args.end_date)},
+                         builtin_defaults=True)
     ice, source_dir = params["sea_ice"], params["paths"]["sea_ice_data"]
     days = date_range(ice["start_date"], ice["end_date"])
     flags = [args.ymin, args.ymax, args.xmin, args.xmax]
@@ -54,51 +73,51 @@ def main(argv=None):
         params["paths"]["outputs"], "plots",
         f"roi_{days[0]:%Y%m%d}_{days[-1]:%Y%m%d}_y{ymin}-{ymax}_x{xmin}-{xmax}.png")
 
+    scan = scan_days(source_dir, days, ice["product"], warn=lambda text: tqdm.write(f"warning: {text}", file=sys.stderr))
+    n_y, n_x = scan.shape
+    if not (0 <= ymin < ymax <= n_y and 0 <= xmin < xmax <= n_x):
+        raise UserError(f"ROI {roi_text}: expected 0 <= ymin < ymax <= {n_y} and 0 <= xmin < xmax "
+                        f"<= {n_x} (the grid of {scan.first_path} is {n_y}x{n_x})")
     window = (slice(ymin, ymax), slice(xmin, xmax))
     n_pixels = (ymax - ymin) * (xmax - xmin)
-    first_frame = first_day = first_path = None
-    with_nan, missing, unreadable = [], [], []
-    for day in tqdm(days, desc="scan ROI", unit="day"):
-        path = os.path.join(source_dir, asi_filename(day, ice["product"]))
-        if not os.path.exists(path):
-            missing.append(day)
-            tqdm.write(f"{day:%Y%m%d}  file missing: {os.path.basename(path)}")
+    with_nan, unusable = [], [d for d, _ in scan.bad]
+    for day in scan.absent:
+        tqdm.write(f"{day:%Y%m%d}  file missing: {asi_filename(day, ice['product'])}")
+    for day, path in zip(tqdm(days, desc="scan ROI", unit="day"), scan.paths):
+        if path is None:
             continue
         try:
-            if first_frame is None:
-                frame = read_day(path)
-                n_y, n_x = frame.shape
-                if not (0 <= ymin < ymax <= n_y and 0 <= xmin < xmax <= n_x):
-                    raise UserError(f"ROI {roi_text}: expected 0 <= ymin < ymax <= {n_y} and 0 <= xmin < xmax "
-                                    f"<= {n_x} (the grid of {path} is {n_y}x{n_x})")
-                first_frame, first_day, first_path = frame, day, path
-                part = frame[window]
-            else:
-                part = read_day(path, window)
-        except UserError:
-            raise
-        except Exception as exc:
-            unreadable.append(day)
-            tqdm.write(f"warning: {path}: cannot read ({exc}); day skipped", file=sys.stderr)
+            n_nan = roi_missing(path, window)
+        except BadDay as exc:
+            unusable.append(day)
+            tqdm.write(f"warning: {path}: {exc}; day skipped", file=sys.stderr)
             continue
-        if part.shape != (ymax - ymin, xmax - xmin):
-            raise UserError(f"{path}: its grid is smaller than {first_path}; the ROI {roi_text} does not fit")
-        n_nan = int(np.isnan(part).sum())
-        if n_nan:
+        if n_nan is None:
+            unusable.append(day)
+            tqdm.write(f"{day:%Y%m%d}  no data at all (z NaN everywhere): a missing day")
+        elif n_nan:
             with_nan.append(day)
             tqdm.write(f"{day:%Y%m%d}  {n_nan} of {n_pixels} ROI pixels missing ({100 * n_nan / n_pixels:.2f}%)")
-    if first_frame is None:
-        raise UserError(f"{source_dir}: no readable asi-AMSR2-{ice['product']}-*.nc file for "
-                        f"{days[0]:%Y%m%d}..{days[-1]:%Y%m%d}")
-
+    first_day, first_path, first_frame = first_usable_frame(days, scan.paths, unusable)
     plot_roi_pixels(first_frame, (ymin, ymax, xmin, xmax),
-             f"ROI {roi_text} ({ymax - ymin}x{xmax - xmin} pixels), {first_day:%Y-%m-%d}\n"
-             f"{os.path.basename(first_path)}", output_file)
-    n_checked = len(days) - len(missing) - len(unreadable)
+                    f"ROI {roi_text} ({ymax - ymin}x{xmax - xmin} pixels), {first_day:%Y-%m-%d}\n"
+                    f"{os.path.basename(first_path)}", output_file)
+    n_checked = len(days) - len(scan.absent) - len(unusable)
     print(f"checked {n_checked} of {len(days)} days in ROI {roi_text} ({n_pixels} pixels): "
-          f"{len(with_nan)} with missing pixels, {len(missing)} files missing, {len(unreadable)} unreadable; "
-          f"ROI figure: {output_file}")
+          f"{len(with_nan)} with missing pixels, {len(scan.absent)} files missing, {len(unusable)} unusable "
+          f"(unreadable, not the format, or no data); ROI figure: {output_file}")
     return 0
+
+
+def first_usable_frame(days, paths, unusable):
+    """(day, path, frame (H, W) in %) of the first day with a usable file, for the figure."""
+    for day, path in zip(days, paths):
+        if path is not None and day not in unusable:
+            try:
+                return day, path, read_day(path, note=lambda *_: None)
+            except BadDay:
+                continue
+    raise UserError(f"no usable day file for {days[0]:%Y%m%d}..{days[-1]:%Y%m%d} (see the warnings above)")
 
 
 if __name__ == "__main__":

@@ -128,10 +128,10 @@ def test_read_failure_after_scan_is_a_missing_day(source, tmp_path, monkeypatch)
     broken = os.path.join(source["dir"], generate_data.asi_filename(20240325))
     real_read = consolidate_data.read_day
 
-    def read_frame(path):
+    def read_frame(path, **kwargs):
         if path == broken:
             raise OSError("HDF5 error: bad chunk")
-        return real_read(path)
+        return real_read(path, **kwargs)
 
     monkeypatch.setattr(consolidate_data, "read_day", read_frame)
     ds = load(run(source["dir"], tmp_path / "out.zarr", "--batch_size", 4))
@@ -235,7 +235,7 @@ def test_cf_output_readable_by_xarray(asi_days, tmp_path):
     assert ds.x.attrs == source_x_attrs
     np.testing.assert_array_equal(ds.x.values, asi_days["x"])
     np.testing.assert_array_equal(ds.y.values, asi_days["y"])
-    assert ds.fill_flag.attrs["flag_meanings"] == "observed time_linear gaussian no_neighbour land"
+    assert ds.fill_flag.attrs["flag_meanings"] == "observed time_linear gaussian no_neighbour land pole_hole"
     for key, value in DEFAULTS.items():
         assert ds.attrs[key] == value
     assert ds.missing_dates.values.tolist() == [20240405, 20240406]
@@ -288,7 +288,7 @@ def test_errors_exit_2_without_traceback(tmp_path):
 def test_user_errors(source, asi_days, tmp_path):
     out = tmp_path / "out.nc"
     cases = [
-        ((source["dir"], out), {"start": "2024031x"}, r"--start_date '2024031x': expected a date as YYYYMMDD"),
+        ((source["dir"], out), {"start": "2024031x"}, r"--start_date '2024031x': expected a calendar day as YYYYMMDD"),
         ((source["dir"], out), {"start": 20240410, "end": 20240401}, "before start date"),
         ((source["dir"], out), {"start": 20200101, "end": 20200110}, "no readable asi-AMSR2-n3125-"),
         ((source["dir"], out, "--batch_size", 0), {}, r"--batch_size: sea_ice.batch_size: expected a value >= 1"),

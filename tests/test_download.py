@@ -295,7 +295,7 @@ def test_bad_date_is_one_line_exit_2(tmp_path):
                            "--start_date", "20241301", "--end_date", "20241302", "-o", str(tmp_path),
                            "--base_url", "http://127.0.0.1:9"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "error: --start_date '20241301': expected a date as YYYYMMDD"
+    assert proc.stderr.strip() == "error: --start_date '20241301': expected a calendar day as YYYYMMDD (8 digits)"
     assert os.listdir(tmp_path) == []
 
 
