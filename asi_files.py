@@ -93,6 +93,18 @@ class BadDay(Exception):
     The day is treated as missing; str(exc) is the reason, one line."""
 
 
+class Unreadable(BadDay):
+    """A file that does not open as NetCDF, or whose z cannot be read (damaged, truncated)."""
+
+
+class BadValues(BadDay):
+    """A complete, well-formed day file whose values are outside 0..100 %."""
+
+
+class NoData(BadDay):
+    """A complete, well-formed day file with no valid value (z NaN everywhere): no data that day."""
+
+
 def _reason(exc):
     text = str(exc.args[-1] if getattr(exc, "args", None) else exc)
     return text.splitlines()[0] if text else type(exc).__name__
@@ -125,9 +137,9 @@ class DayFile:
         except BadDay:
             raise
         except FileNotFoundError:
-            raise BadDay("file not found") from None
+            raise Unreadable("file not found") from None
         except (OSError, RuntimeError, ValueError, KeyError, IndexError, AttributeError) as exc:
-            raise BadDay(f"does not open as NetCDF ({_reason(exc)})") from None
+            raise Unreadable(f"does not open as NetCDF ({_reason(exc)})") from None
         self.shape = (len(self.y), len(self.x))
 
     def _check_z(self, nc):
@@ -204,7 +216,7 @@ class DayFile:
             with netCDF4.Dataset(self.path) as nc:
                 raw = nc.variables["z"][key]
         except (OSError, RuntimeError, ValueError, KeyError, IndexError) as exc:
-            raise BadDay(f"cannot read z ({_reason(exc)})") from None
+            raise Unreadable(f"cannot read z ({_reason(exc)})") from None
         z = np.ma.filled(np.ma.asarray(raw, dtype=np.float32), np.nan)
         if self.transposed:
             z = z.T
@@ -215,7 +227,7 @@ class DayFile:
         z = np.ascontiguousarray(z) * np.float32(self.scale)
         valid = ~np.isnan(z)
         if whole and not valid.any():
-            raise BadDay("no valid value (z is NaN everywhere): no data that day")
+            raise NoData("no valid value (z is NaN everywhere): no data that day")
         values = z[valid]
         if values.size:
             low, high = float(values.min()), float(values.max())
@@ -227,7 +239,7 @@ class DayFile:
                     self.corrections.append(note)
             if low < -RANGE_TOLERANCE or high > 100 + RANGE_TOLERANCE or not np.isfinite([low, high]).all():
                 bad = int(np.count_nonzero(~((values >= -RANGE_TOLERANCE) & (values <= 100 + RANGE_TOLERANCE))))
-                raise BadDay(f"{bad} values of z outside 0..100 % (min {low:g}, max {high:g})")
+                raise BadValues(f"{bad} values of z outside 0..100 % (min {low:g}, max {high:g})")
             np.clip(z, 0, 100, out=z)
         return z
 

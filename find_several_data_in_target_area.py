@@ -18,7 +18,7 @@ import sys
 import numpy as np
 from tqdm import tqdm
 
-from asi_files import BadDay, add_day_range_args, asi_filename, date_flag, date_range, read_day, scan_days
+from asi_files import BadDay, NoData, add_day_range_args, asi_filename, date_flag, date_range, read_day, scan_days
 from config import UserError, add_config_arg, load_params, run_main
 from plotting import plot_roi_pixels
 
@@ -45,10 +45,8 @@ def roi_missing(path, window):
     if np.isnan(part).all():
         try:
             read_day(path, note=lambda *_: None)  # the whole frame: a day with no data at all is a missing day
-        except BadDay as exc:
-            if "no valid value" in str(exc):
-                return None
-            raise
+        except NoData:
+            return None
     return int(np.isnan(part).sum())
 
 
