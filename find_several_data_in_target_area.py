@@ -6,7 +6,9 @@
 The ROI is rows [ymin, ymax) x columns [xmin, xmax) of the file's (y, x) grid, half-open,
 row 0 = the smallest y (south edge); `python get_dims.py` prints the grid size. For each
 day with NaN inside the ROI it prints the number and percentage of missing pixels; absent
-and unreadable files are reported too. Only the ROI of each file is read.
+files and unusable ones (not the Bremen ASI format, values outside 0..100 %, no data at all)
+are reported too. Each day is read and checked whole, as consolidate_data.py reads it (one
+frame in memory; a flipped or transposed file is corrected, and said, before the ROI is cut).
 
 It also draws the full grid of the first available day with the ROI outlined in red
 (PNG, --output_file), to check that the indices are where you meant.
@@ -36,18 +38,6 @@ def parse_args(argv):
                         help="ROI figure, PNG (default: <paths.outputs>/plots/roi_<start>_<end>_y<ymin>-<ymax>"
                              "_x<xmin>-<xmax>.png)")
     return parser.parse_args(argv)
-
-
-def roi_missing(path, window):
-    """NaN pixels of the ROI of one day, or None when the whole day has no valid value (no data that
-    day). Raises BadDay when the file cannot be used."""
-    part = read_day(path, window)
-    if np.isnan(part).all():
-        try:
-            read_day(path, note=lambda *_: None)  # the whole frame: a day with no data at all is a missing day
-        except NoData:
-            return None
-    return int(np.isnan(part).sum())
 
 
 def main(argv=None):
@@ -85,15 +75,16 @@ def main(argv=None):
         if path is None:
             continue
         try:
-            n_nan = roi_missing(path, window)
+            n_nan = int(np.isnan(read_day(path)[window]).sum())  # the whole day is checked, as consolidate does
+        except NoData:
+            unusable.append(day)
+            tqdm.write(f"{day:%Y%m%d}  no data at all (z NaN everywhere): a missing day")
+            continue
         except BadDay as exc:
             unusable.append(day)
             tqdm.write(f"warning: {path}: {exc}; day skipped", file=sys.stderr)
             continue
-        if n_nan is None:
-            unusable.append(day)
-            tqdm.write(f"{day:%Y%m%d}  no data at all (z NaN everywhere): a missing day")
-        elif n_nan:
+        if n_nan:
             with_nan.append(day)
             tqdm.write(f"{day:%Y%m%d}  {n_nan} of {n_pixels} ROI pixels missing ({100 * n_nan / n_pixels:.2f}%)")
     first_day, first_path, first_frame = first_usable_frame(days, scan.paths, unusable)
