@@ -100,7 +100,8 @@ SCHEMA = Section(
         alpha=Key(NUM, 25.0, "Gaussian fill: weight of time against space (w uses dy^2+dx^2+alpha*dt^2)", minimum=0),
         sigma=Key(NUM, 5.0, "Gaussian fill: kernel width", "pixels", minimum=1e-6),
         max_time_gap=Key(int, 5, "longest NaN run filled linearly in time", "days", minimum=0),
-        mask_threshold=Key(NUM, 0.85, "create_mask.py: land where the NaN frequency exceeds this", "fraction"),
+        mask_threshold=Key(NUM, 0.85, "create_mask.py: land (or the pole hole) where the NaN frequency is at least "
+                           "this", "fraction", minimum=0),
         input_length=Key(int, 5, "sea-ice task: input days", "days", minimum=1),
         pred_length=Key(int, 3, "sea-ice task: predicted days", "days", minimum=1),
         input_gap=Key(int, 1, "sea-ice task: days between input frames", "days", minimum=1),
@@ -109,6 +110,9 @@ SCHEMA = Section(
         samples_gap=Key(int, 1, "sea-ice task: days between sample starts", "days", minimum=1),
         roi=Key(list, None, "sea-ice task: [ymin, ymax, xmin, xmax] crop in pixels; null: full frame",
                 items=int, nullable=True),
+        max_missing_fraction=Key(NUM, 0.5, "sea-ice task: a sample is dropped when one of its days has more than "
+                                 "this fraction of its pixels (land and pole hole left out) not observed "
+                                 "(fill_flag); 1: keep all", "fraction", minimum=0),
     ),
     data=Section(
         required=True, doc="nowcasting data (preproc.py, dataset.py)",
@@ -301,6 +305,9 @@ def _check_consistency(params):
             target["channel"] not in params["data"]["inputs"][target["source"]]:
         raise UserError(f"data.target.channel: {target['channel']!r} is not a channel of input source "
                         f"{target['source']!r} {params['data']['inputs'][target['source']]}")
+    for key in ("mask_threshold", "max_missing_fraction"):
+        if params["sea_ice"][key] > 1:
+            raise UserError(f"sea_ice.{key}: expected a fraction between 0 and 1, got {params['sea_ice'][key]!r}")
     roi = params["sea_ice"]["roi"]
     if roi is not None and (len(roi) != 4 or roi[0] >= roi[1] or roi[2] >= roi[3]):
         raise UserError(f"sea_ice.roi: expected [ymin, ymax, xmin, xmax] with min < max, got {roi}")

@@ -319,7 +319,7 @@ def default_of(dotted):
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_arg(parser)
+    add_config_arg(parser, builtin_defaults=True)
 
     def add(flag, type_, unit, help_):
         key = FLAG_KEYS[flag]

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from asi_files import (BadDay, add_day_range_args, date_flag, date_range, format_dates, read_day, read_grid,
                        scan_days)
 from atomic import atomic_path
-from config import UserError, add_config_arg, ensure_folder, load_params, run_main
+from config import Overrides, UserError, add_config_arg, ensure_folder, load_params, run_main
 
 
 def write_mask(path, land_mask, pole_hole, nan_frequency, grid, attrs):
@@ -126,7 +126,7 @@ def count_nan(scan, days, source_dir):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_arg(parser)
+    add_config_arg(parser, builtin_defaults=True)
     add_day_range_args(parser)
     parser.add_argument("--output_file", default=None,
                         help="mask NetCDF to write (default: sea_ice.land_mask_file when set, "
@@ -135,17 +135,16 @@ def main(argv=None):
                         help="land where the NaN frequency is at least this fraction, 0..1 "
                              "(default: sea_ice.mask_threshold, 0.85)")
     args = parser.parse_args(argv)
-    params = load_params(args.config, {"paths.sea_ice_data": args.source_dir,
-                                       "sea_ice.start_date": date_flag("--start_date", args.start_date),
-                                       "sea_ice.end_date": date_flag("--end_date", args.end_date),
-                                       "sea_ice.mask_threshold": args.threshold}, builtin_defaults=True)
+    overrides = Overrides({"paths.sea_ice_data": args.source_dir,
+                           "sea_ice.start_date": date_flag("--start_date", args.start_date),
+                           "sea_ice.end_date": date_flag("--end_date", args.end_date),
+                           "sea_ice.mask_threshold": args.threshold},
+                          {"sea_ice.mask_threshold": "--threshold", "paths.sea_ice_data": "--source_dir"})
+    params = load_params(args.config, overrides, builtin_defaults=True)
     ice = params["sea_ice"]
     source_dir, threshold = params["paths"]["sea_ice_data"], float(ice["mask_threshold"])
     output_file = args.output_file or ice["land_mask_file"] or "land_mask.nc"
     days = date_range(ice["start_date"], ice["end_date"])
-    if not 0.0 <= threshold <= 1.0:
-        raise UserError(f"threshold {threshold:g} (--threshold or sea_ice.mask_threshold): "
-                        "expected a fraction between 0 and 1")
     if not os.path.isdir(source_dir):
         raise UserError(f"--source_dir {source_dir}: folder not found")
     if os.path.isdir(output_file):

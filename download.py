@@ -311,7 +311,7 @@ def build_parser():
         description="Download Bremen ASI AMSR2 daily sea-ice concentration NetCDF files "
                     "(asi_daygrid_swath) for a range of days.",
         epilog="Defaults marked 'params' come from params.json (sea_ice.* and paths.sea_ice_data).")
-    add_config_arg(parser)
+    add_config_arg(parser, builtin_defaults=True)
     parser.add_argument("--start_date", metavar="YYYYMMDD",
                         help="first day (default: params sea_ice.start_date)")
     parser.add_argument("--end_date", metavar="YYYYMMDD",

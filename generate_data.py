@@ -336,7 +336,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="kind", required=True)
-    ice = add_config_arg(sub.add_parser("sea_ice", help="Bremen ASI AMSR2 daily NetCDF files"))
+    ice = add_config_arg(sub.add_parser("sea_ice", help="Bremen ASI AMSR2 daily NetCDF files"), builtin_defaults=True)
     ice.add_argument("--out", help="output folder, files written flat (default: paths.sea_ice_data in params.json)")
     ice.add_argument("--start", help="first day, YYYYMMDD (default: sea_ice.start_date)")
     ice.add_argument("--end", help="last day, YYYYMMDD, inclusive (default: sea_ice.end_date)")
@@ -344,14 +344,14 @@ def main(argv=None):
                      help="grid ROWSxCOLS on the n3125 extent (default: full n3125, 3584x2432)")
     ice.add_argument("--absent", default="", help="comma-separated days (YYYYMMDD) to leave out (default: none)")
     ice.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    now = add_config_arg(sub.add_parser("nowcast", help="raw nowcasting cases (radar, nwp, label)"))
+    now = add_config_arg(sub.add_parser("nowcast", help="raw nowcasting cases (radar, nwp, label)"), builtin_defaults=True)
     now.add_argument("--out", help="raw dataset folder, one sub-folder per case (default: paths.raw_dataset)")
     now.add_argument("--cases", type=int, default=6, help="number of cases (default: 6)")
     now.add_argument("--size", default="128x128", help="grid ROWSxCOLS (default: 128x128)")
     now.add_argument("--steps", type=int, default=72, help="5-minute steps per case (default: 72)")
     now.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     args = parser.parse_args(argv)
-    params = load_params(args.config)
+    params = load_params(args.config, builtin_defaults=True)
     if args.kind == "sea_ice":
         out = args.out or params["paths"]["sea_ice_data"]
         start = date_flag("--start", args.start) or params["sea_ice"]["start_date"]

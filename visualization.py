@@ -69,7 +69,7 @@ def stem(path):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_arg(parser)
+    add_config_arg(parser, builtin_defaults=True)
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--input_file", metavar="PATH",
                       help="sea-ice map of a Bremen ASI day .nc (z in %%) or a consolidated .nc/.zarr")
@@ -88,7 +88,7 @@ def main(argv=None):
     def output(name):
         if args.output_file:
             return args.output_file
-        return plotting.default_output(load_params(args.config)["paths"]["outputs"], name)
+        return plotting.default_output(load_params(args.config, builtin_defaults=True)["paths"]["outputs"], name)
 
     if args.input_file:
         z, grid, date, kind = read_sea_ice_field(args.input_file, args.date)

@@ -22,7 +22,7 @@ from asi_files import to_date
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_config_arg(parser)
+    add_config_arg(parser, builtin_defaults=True)
     parser.add_argument("--original_file", required=True, metavar="PATH",
                         help="one Bremen ASI day .nc (z (y, x) in %%, NaN gaps)")
     parser.add_argument("--consolidated_file", metavar="PATH",
@@ -35,7 +35,7 @@ def main(argv=None):
     date = int(f"{to_date(args.date):%Y%m%d}")
     params = None
     if args.consolidated_file is None or args.output_file is None:
-        params = load_params(args.config)
+        params = load_params(args.config, builtin_defaults=True)
     consolidated_file = args.consolidated_file or params["sea_ice"]["consolidated_file"]
 
     day = plotting.open_dataset(args.original_file)

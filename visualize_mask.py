@@ -17,7 +17,7 @@ from config import UserError, add_config_arg, load_params, run_main
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_config_arg(parser)
+    add_config_arg(parser, builtin_defaults=True)
     parser.add_argument("--input_file", required=True, metavar="PATH",
                         help="mask NetCDF from create_mask.py (land_mask (y, x) uint8, nan_frequency (y, x) fraction)")
     parser.add_argument("--output_file", metavar="PATH",
@@ -42,7 +42,7 @@ def main(argv=None):
     output_file = args.output_file
     if not output_file:
         name = os.path.splitext(os.path.basename(os.path.normpath(args.input_file)))[0] + "_visualization.png"
-        output_file = plotting.default_output(load_params(args.config)["paths"]["outputs"], name)
+        output_file = plotting.default_output(load_params(args.config, builtin_defaults=True)["paths"]["outputs"], name)
     result = plotting.plot_land_mask(np.asarray(land.values), np.asarray(frequency.values, dtype=np.float32), grid,
                                      output_file, title=title,
                                      threshold=float(threshold) if threshold is not None else None)
