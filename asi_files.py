@@ -214,10 +214,9 @@ class DayFile:
         key = Ellipsis if whole else self._stored_window(window)
         try:
             with netCDF4.Dataset(self.path) as nc:
-                raw = nc.variables["z"][key]
+                z = _read_z(nc.variables["z"], key)
         except (OSError, RuntimeError, ValueError, KeyError, IndexError) as exc:
             raise Unreadable(f"cannot read z ({_reason(exc)})") from None
-        z = np.ma.filled(np.ma.asarray(raw, dtype=np.float32), np.nan)
         if self.transposed:
             z = z.T
         if self.flip_y:
@@ -242,6 +241,28 @@ class DayFile:
                 raise BadValues(f"{bad} values of z outside 0..100 % (min {low:g}, max {high:g})")
             np.clip(z, 0, 100, out=z)
         return z
+
+
+def _read_z(var, key):
+    """var[key] as float32, NaN where missing (NaN, _FillValue or the netCDF default fill, missing_value),
+    scale_factor and add_offset applied. Unlike netCDF4's auto-masking, values outside a declared
+    valid range are kept, so that the range check sees them (a file that hides them is not trusted)."""
+    var.set_auto_maskandscale(False)
+    raw = np.asarray(var[key])
+    attrs = {name: var.getncattr(name) for name in var.ncattrs()}
+    missing = np.isnan(raw) if raw.dtype.kind == "f" else np.zeros(raw.shape, bool)
+    fills = [attrs.get("_FillValue", netCDF4.default_fillvals.get(raw.dtype.str[1:]))]
+    fills += list(np.atleast_1d(attrs.get("missing_value", [])))
+    for fill in fills:
+        if fill is not None and not np.isnan(np.float64(fill)):
+            missing |= raw == fill
+    z = raw.astype(np.float32)
+    if "scale_factor" in attrs:
+        z *= np.float32(attrs["scale_factor"])
+    if "add_offset" in attrs:
+        z += np.float32(attrs["add_offset"])
+    z[missing] = np.nan
+    return z
 
 
 def read_day(path, window=None, note=None):
