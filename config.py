@@ -18,6 +18,7 @@ import copy
 import datetime
 import difflib
 import json
+import math
 import os
 import sys
 
@@ -233,6 +234,8 @@ def _check_leaf(path, key, value):
         return value
     if not _is_instance(value, key.types):
         raise UserError(f"{path}: expected {_type_name(key.types)}, got {type(value).__name__} {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{path}: expected a finite number, got {value!r}")
     if key.choices is not None and value not in key.choices:
         raise UserError(f"{path}: expected one of {', '.join(map(str, key.choices))}, got {value!r}")
     if key.date and parse_date(value) is None:
@@ -242,9 +245,9 @@ def _check_leaf(path, key, value):
     if isinstance(value, list) and key.items is not None:
         item_types = key.items if isinstance(key.items, tuple) else (key.items,)
         for i, item in enumerate(value):
-            if not _is_instance(item, item_types):
-                raise UserError(f"{path}[{i}]: expected {_type_name(item_types)}, got "
-                                f"{type(item).__name__} {item!r}")
+            if not _is_instance(item, item_types) or (isinstance(item, float) and not math.isfinite(item)):
+                raise UserError(f"{path}[{i}]: expected {'a finite ' if isinstance(item, float) else ''}"
+                                f"{_type_name(item_types)}, got {type(item).__name__} {item!r}")
     return value
 
 
@@ -406,6 +409,14 @@ def add_config_arg(parser, builtin_defaults=False):
     parser.add_argument("--config", default=None, metavar="PATH",
                         help=f"params.json to read (default: ./{DEFAULT_CONFIG}{fallback}); flags override its values")
     return parser
+
+
+def path_arg(text):
+    """argparse `type` of a file or folder flag: the text, refusing an empty string (which would otherwise
+    silently mean "the default")."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a path, got an empty string")
+    return text
 
 
 def ensure_folder(folder, what="output folder"):

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from asi_files import (BadDay, add_day_range_args, date_flag, date_range, format_dates, read_day, read_grid,
                        scan_days)
 from atomic import atomic_path
-from config import Overrides, UserError, add_config_arg, ensure_folder, load_params, run_main
+from config import Overrides, UserError, add_config_arg, ensure_folder, load_params, path_arg, run_main
 
 
 def write_mask(path, land_mask, pole_hole, nan_frequency, grid, attrs):
@@ -128,7 +128,7 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arg(parser, builtin_defaults=True)
     add_day_range_args(parser)
-    parser.add_argument("--output_file", default=None,
+    parser.add_argument("--output_file", default=None, type=path_arg,
                         help="mask NetCDF to write (default: sea_ice.land_mask_file when set, "
                              "else ./land_mask.nc)")
     parser.add_argument("--threshold", type=float, default=None,

@@ -34,6 +34,7 @@ import argparse
 import collections
 import concurrent.futures
 import http.client
+import math
 import os
 import re
 import socket
@@ -300,6 +301,8 @@ def _positive(kind, minimum):
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
         if value < minimum:
             raise argparse.ArgumentTypeError(f"expected a value >= {minimum}, got {text}")
         return value
@@ -336,6 +339,23 @@ def build_parser():
                         help="first retry delay in seconds, doubled after each failed attempt "
                              "(default: 1.0 s)")
     return parser
+
+
+def check_base_url(base_url):
+    """UserError naming --base_url unless it is an http(s) URL with a valid host and port."""
+    problem = None
+    if not re.match(r"^https?://[^/\s]+", base_url):
+        problem = "expected an http:// or https:// URL"
+    else:
+        try:
+            parts = urllib3.util.parse_url(base_url)
+            requests.Request("GET", base_url).prepare()
+            if not parts.host:
+                problem = "no host name"
+        except (urllib3.exceptions.LocationParseError, requests.exceptions.RequestException, ValueError) as exc:
+            problem = f"not a valid URL ({str(exc).splitlines()[0]})"
+    if problem:
+        raise UserError(f"--base_url {base_url!r}: {problem}")
 
 
 EARLY_STOP_DAYS = 3  # when the first days to finish all failed the same way, the run stops
@@ -404,8 +424,7 @@ def main(argv=None):
     days = date_range(start, end)
     product, out_dir = ice["product"], params["paths"]["sea_ice_data"]
     base_url = ice["base_url"].replace("{product}", product).rstrip("/")
-    if not re.match(r"^https?://[^/\s]+", base_url):
-        raise UserError(f"--base_url {base_url!r}: expected an http:// or https:// URL")
+    check_base_url(base_url)
     if not out_dir:
         raise UserError("-o: expected a folder name, got an empty string")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):

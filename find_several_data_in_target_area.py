@@ -21,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from asi_files import BadDay, NoData, add_day_range_args, asi_filename, date_flag, date_range, read_day, scan_days
-from config import UserError, add_config_arg, load_params, run_main
+from config import UserError, add_config_arg, load_params, path_arg, run_main
 from plotting import plot_roi_pixels
 
 
@@ -34,7 +34,7 @@ def parse_args(argv):
                        ("xmin", "first ROI column"), ("xmax", "ROI column end, exclusive")):
         parser.add_argument(f"--{name}", type=int, default=None,
                             help=f"{what}, pixels (default: from sea_ice.roi [ymin, ymax, xmin, xmax])")
-    parser.add_argument("--output_file", default=None,
+    parser.add_argument("--output_file", default=None, type=path_arg,
                         help="ROI figure, PNG (default: <paths.outputs>/plots/roi_<start>_<end>_y<ymin>-<ymax>"
                              "_x<xmin>-<xmax>.png)")
     return parser.parse_args(argv)

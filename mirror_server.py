@@ -259,12 +259,24 @@ def _make_handler(server):
     return Handler
 
 
+def port_number(text):
+    """argparse `type`: a TCP port 0..65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port 0..65535, got {port}")
+    return port
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Serve a folder of ASI day files in the Bremen URL "
                                      "layout on a loopback HTTP server (for download.py and the demo).")
     parser.add_argument("--root", required=True, help="folder of asi-AMSR2-*.nc files (flat or per-year)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8000, help="TCP port; 0 picks a free one (default: 8000)")
+    parser.add_argument("--port", type=port_number, default=8000,
+                        help="TCP port 0..65535; 0 picks a free one (default: 8000)")
     parser.add_argument("--product", default="n3125", choices=PRODUCTS,
                         help="grid served and named in the base URL (default: n3125)")
     parser.add_argument("--no-range", action="store_true",
@@ -272,8 +284,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         srv = MirrorServer(args.root, args.host, args.port, args.product, honour_range=not args.no_range)
-    except OSError as exc:
-        raise UserError(f"--port {args.port}: cannot listen on {args.host} ({exc.strerror or exc})") from None
+    except (OSError, OverflowError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
+        raise UserError(f"--host {args.host} --port {args.port}: cannot listen there ({reason})") from None
     n_files = sum(1 for _, _, files in os.walk(args.root) for f in files if NAME_RE.match(f))
     print(srv.base_url, flush=True)  # stdout holds only the URL, so `URL=$(... | head -1)` works
     print(f"serving {n_files} ASI files from {args.root} at {srv.base_url} (Ctrl-C stops)",

@@ -77,6 +77,7 @@ FILL_FLAGS = (  # consolidate_data.py fill_flag values: (value, label, colour)
     (2, "Gaussian (space-time)", "#ff7f0e"),
     (3, "no neighbour (set to 0)", "#d62728"),
     (4, "land", LAND_COLOUR),
+    (5, "pole hole (rim mean)", "#9467bd"),  # POLE_HOLE_COLOUR
 )
 
 
@@ -128,7 +129,8 @@ def open_dataset(path):
                 return xr.open_zarr(path, consolidated=None)
         return xr.open_dataset(path)
     except Exception as exc:  # any reader error is a bad input file for the user
-        raise UserError(f"{path}: cannot open as NetCDF/Zarr ({type(exc).__name__}: {exc})") from None
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        raise UserError(f"{path}: cannot open as NetCDF/Zarr ({type(exc).__name__}: {first_line})") from None
 
 
 def require_var(ds, name, path, dims=None):
@@ -380,27 +382,36 @@ def plot_sea_ice_map(z, grid, out_path, title="Sea-ice concentration", coastline
     return MapResult(save_figure(fig, out_path), drawn, stride)
 
 
+POLE_HOLE_COLOUR = "#9467bd"
+
+
 def plot_land_mask(land_mask, nan_frequency, grid, out_path, title="Land mask", threshold=None,
-                   coastline_path=None):
+                   coastline_path=None, pole_hole=None):
     """Binary mask (H, W) uint8 (1 land) and NaN frequency (H, W) fraction of days, side by side.
 
     threshold: the create_mask.py threshold, drawn as a contour on the frequency panel.
+    pole_hole: optional bool (H, W), create_mask.py's pole_hole, drawn in its own colour.
     Returns MapResult.
     """
     land_mask = np.asarray(land_mask)
     nan_frequency = np.asarray(nan_frequency, dtype=np.float32)
+    pole = np.zeros(land_mask.shape, bool) if pole_hole is None else np.asarray(pole_hole, dtype=bool)
     stride = display_stride(land_mask.shape)
-    mask_field, extent = _display_field(land_mask.astype(np.float32), grid, stride)
+    classes = np.where(pole, 2, land_mask == 1).astype(np.float32)  # 0 ocean, 1 land, 2 pole hole
+    mask_field, extent = _display_field(classes, grid, stride)
     freq_field, _ = _display_field(nan_frequency, grid, stride)
     fig = _figure("mask")
     spec = fig.add_gridspec(1, 2, left=0.02, right=0.9, top=0.9, bottom=0.08, wspace=0.08)
     ax_mask = map_axes(fig, spec[0], grid, extent)
-    mask_cmap = mcolors.ListedColormap(["#cfe3f5", LAND_COLOUR])
-    _, drawn = draw_map(ax_mask, mask_field, grid, extent, mask_cmap, mcolors.Normalize(-0.5, 1.5), coastline_path)
+    mask_cmap = mcolors.ListedColormap(["#cfe3f5", LAND_COLOUR, POLE_HOLE_COLOUR])
+    _, drawn = draw_map(ax_mask, mask_field, grid, extent, mask_cmap, mcolors.Normalize(-0.5, 2.5), coastline_path)
     n_land = int((land_mask == 1).sum())
-    ax_mask.set_title(f"land mask: {n_land} land pixels ({100 * n_land / land_mask.size:.1f}%)", fontsize=10)
-    ax_mask.legend(handles=[Patch(color=LAND_COLOUR, label="land (1)"), Patch(color="#cfe3f5", label="ocean (0)")],
-                   loc="lower left", fontsize=8, framealpha=0.9)
+    ax_mask.set_title(f"land mask: {n_land} land pixels ({100 * n_land / land_mask.size:.1f}%)"
+                      + (f", pole hole {int(pole.sum())}" if pole.any() else ""), fontsize=10)
+    handles = [Patch(color=LAND_COLOUR, label="land (1)"), Patch(color="#cfe3f5", label="ocean (0)")]
+    if pole.any():
+        handles.append(Patch(color=POLE_HOLE_COLOUR, label="pole hole (not land)"))
+    ax_mask.legend(handles=handles, loc="lower left", fontsize=8, framealpha=0.9)
     ax_freq = map_axes(fig, spec[1], grid, extent)
     freq_cmap = plt.get_cmap("YlGnBu").with_extremes(bad=NAN_COLOUR)
     image, drawn_freq = draw_map(ax_freq, freq_field, grid, extent, freq_cmap, mcolors.Normalize(0, 1),

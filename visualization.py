@@ -34,7 +34,7 @@ import numpy as np
 
 import asi_files
 import plotting
-from config import UserError, add_config_arg, load_params, run_main
+from config import UserError, add_config_arg, load_params, path_arg, run_main
 
 
 def read_sea_ice_field(path, date=None):
@@ -132,11 +132,11 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arg(parser, builtin_defaults=True)
     what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument("--input_file", metavar="PATH",
+    what.add_argument("--input_file", metavar="PATH", type=path_arg,
                       help="sea-ice map of a Bremen ASI day .nc (z in %%) or a consolidated .nc/.zarr")
-    what.add_argument("--train_log", metavar="PATH", help="training curves from training.py's train_log.csv")
-    what.add_argument("--metrics", metavar="PATH", help="verification plot from evaluate.py's metrics.json")
-    what.add_argument("--forecast", metavar="PATH",
+    what.add_argument("--train_log", metavar="PATH", type=path_arg, help="training curves from training.py's train_log.csv")
+    what.add_argument("--metrics", metavar="PATH", type=path_arg, help="verification plot from evaluate.py's metrics.json")
+    what.add_argument("--forecast", metavar="PATH", type=path_arg,
                       help="forecast maps of evaluate.py --predict's .nc/.zarr (rain_rate (lead, y, x) mm/h), "
                            "or forecast panels of an .npz sample (inputs, target, prediction)")
     parser.add_argument("--date", type=int, metavar="YYYYMMDD",
@@ -144,7 +144,7 @@ def main(argv=None):
     parser.add_argument("--score", default="csi",
                         help="with --metrics: the score to plot, one of the file's scores, e.g. "
                              f"{', '.join(plotting.SCORES)} (default: csi)")
-    parser.add_argument("--output_file", metavar="PATH",
+    parser.add_argument("--output_file", metavar="PATH", type=path_arg,
                         help="PNG to write (default: <paths.outputs>/plots/<name from the input>.png)")
     args = parser.parse_args(argv)
 
