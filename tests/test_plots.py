@@ -424,10 +424,15 @@ def test_make_readme_figures(tmp_path):
                            "--run_dir", str(run), "--size", "224x152", "--asset_dir", str(assets)],
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    for name in ("sea_ice_20240417.png", "train_curves.png", "verification_csi.png"):
+    for name in ("sea_ice_20240417.png", "train_curves.png", "verification_csi.png", "interpolation_comparison.png"):
         pixels = png(str(assets / name))
         assert pixels.shape[1] <= 1100 and pixels.std() > 10
     assert "figures to" in proc.stdout.splitlines()[-1]
+    # the headline before/after figure shows the core (Gaussian) fill, not only the time-linear stage
+    assert "the most Gaussian-filled pixels" in proc.stdout
+    pixels = png(str(assets / "interpolation_comparison.png")).astype(int)
+    orange = np.all(np.abs(pixels - (0xFF, 0x7F, 0x0E)) <= 12, axis=-1)  # fill_flag 2, after the palette
+    assert orange.sum() > 200
 
 
 # --------------------------------------------------------------------------- land, no data, missing days
