@@ -5,10 +5,13 @@
         [--batch_size 30] [--time_window 3] [--space_window 10] [--alpha 25.0] [--sigma 5.0] \
         [--max_time_gap 5]
 
-The time axis is the calendar: every day from start to end is a frame. A day
-with no file, or an unreadable one (cannot be opened, no `z`, `z` not 2-D), is
+The time axis is the calendar: every day from start to end is a frame. Files are
+read through asi_files (checked against the Bremen ASI format; unambiguous
+deviations such as y descending or a fraction instead of % are corrected and
+said, and kept in the `corrections` attribute). A day with no file, or with an
+unusable one (not the format, values outside 0..100 %, no valid value at all), is
 an all-NaN frame and is listed in `missing_dates`; time distances are true days.
-A readable day on another grid than the first one is an error (mixed products).
+A usable day on another grid than the first one is an error (mixed products).
 
 Gaps are filled in two stages (values in %), see interpolation.py:
 1. time-linear: a NaN run of at most max_time_gap days with a value on both
@@ -17,16 +20,20 @@ Gaps are filled in two stages (values in %), see interpolation.py:
    the valid values v (observed or filled in stage 1, never land) in the box
    [t +- time_window] x [y, x +- space_window] clipped to the range and the grid,
    w = exp(-(dy^2 + dx^2 + alpha dt^2) / (2 sigma^2)); 0 when sum(w) < 1e-9.
-The output is value / 100 (fraction); land (when a mask is given) is 0.
+The output is value / 100 (fraction); land (when a mask is given) is 0. The
+mask's pole hole (create_mask.py's pole_hole: no satellite coverage, not land)
+is never Gaussian-filled: each day it is the mean of the valid values within
+POLE_RIM_PIXELS of its rim, NaN (missing) when the rim has none.
 
 Frames are processed batch_size at a time with a halo of time_window +
 max_time_gap days on each side, so the output is bit-identical for every
 batch_size and memory grows with batch_size, not with the length of the range.
 
 Output (NetCDF-4 zlib or Zarr v3, one frame per chunk at most):
-  sea_ice_conc (time, y, x) float32 fraction, no NaN
+  sea_ice_conc (time, y, x) float32 fraction, NaN only in a pole hole without rim value
   fill_flag    (time, y, x) uint8: 0 observed, 1 time-linear, 2 Gaussian,
-                                  3 no neighbour (set to 0), 4 land (set to 0)
+                                  3 no neighbour (set to 0), 4 land (set to 0),
+                                  5 pole hole (rim mean)
   time (time) int32 YYYYMMDD, every day; missing_dates (missing) int32 YYYYMMDD
   x, y (metres) and the grid mapping variable copied from the source files;
   the parameters used as global attributes.
@@ -143,7 +150,7 @@ class NetCDFWriter:
             self.nc.setncatts(attrs)
         if missing_dates is not None:
             var = self.nc.createVariable("missing_dates", "i4", ("missing",))
-            var.setncatts({"long_name": "days with no readable source file (all-NaN input frames), YYYYMMDD"})
+            var.setncatts({"long_name": "days with no usable source file (all-NaN input frames), YYYYMMDD"})
             var[:] = np.asarray(missing_dates, np.int32)
         self.nc.close()
 
@@ -191,7 +198,7 @@ class ZarrWriter:
             self.group.attrs.update({k: plain(v) for k, v in attrs.items()})
         self.group.create_array(
             "missing_dates", data=np.asarray(missing_dates, np.int32), dimension_names=("missing",),
-            attributes={"long_name": "days with no readable source file (all-NaN input frames), YYYYMMDD"})
+            attributes={"long_name": "days with no usable source file (all-NaN input frames), YYYYMMDD"})
         with warnings.catch_warnings():  # "consolidated metadata is not part of the v3 spec": xarray uses it
             warnings.simplefilter("ignore")
             self.zarr.consolidate_metadata(self.path)
