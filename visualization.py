@@ -139,7 +139,7 @@ def main(argv=None):
     what.add_argument("--forecast", metavar="PATH", type=path_arg,
                       help="forecast maps of evaluate.py --predict's .nc/.zarr (rain_rate (lead, y, x) mm/h), "
                            "or forecast panels of an .npz sample (inputs, target, prediction)")
-    parser.add_argument("--date", type=int, metavar="YYYYMMDD",
+    parser.add_argument("--date", metavar="YYYYMMDD",
                         help="with a consolidated --input_file: the day to draw (default: its first day)")
     parser.add_argument("--score", default="csi",
                         help="with --metrics: the score to plot, one of the file's scores, e.g. "
@@ -154,7 +154,7 @@ def main(argv=None):
         return plotting.default_output(load_params(args.config, builtin_defaults=True)["paths"]["outputs"], name)
 
     if args.input_file:
-        result, shape = draw_sea_ice(args.input_file, args.date, output)
+        result, shape = draw_sea_ice(args.input_file, asi_files.date_flag("--date", args.date), output)
         note = "" if result.coastlines else " (no coastlines)"
         print(f"wrote {result.path}: {shape[0]} x {shape[1]} map of {args.input_file}{note}")
     elif args.train_log:

@@ -17,7 +17,7 @@ import numpy as np
 
 import plotting
 from config import UserError, add_config_arg, load_params, path_arg, run_main
-from asi_files import to_date
+from asi_files import date_flag
 from visualization import read_sea_ice_field
 
 
@@ -33,7 +33,7 @@ def main(argv=None):
     parser.add_argument("--output_file", metavar="PATH", type=path_arg,
                         help="PNG to write (default: <paths.outputs>/plots/interpolation_comparison_<date>.png)")
     args = parser.parse_args(argv)
-    date = int(f"{to_date(args.date):%Y%m%d}")
+    date = date_flag("--date", args.date)
     params = None
     if args.consolidated_file is None or args.output_file is None:
         params = load_params(args.config, builtin_defaults=True)
