@@ -347,7 +347,7 @@ def scan_days(source_dir, days, product, warn=None):
         elif header.shape != first.shape:
             raise UserError(f"{path}: z is {header.shape[0]}x{header.shape[1]}, expected "
                             f"{first.shape[0]}x{first.shape[1]} like {first.path}; do not mix products in one folder")
-        elif not (np.allclose(header.x, first.x, rtol=0, atol=1.0) and np.allclose(header.y, first.y, rtol=0, atol=1.0)):
+        elif not all(np.allclose(a, b, rtol=0, atol=1.0) for a, b in ((header.x, first.x), (header.y, first.y))):
             raise UserError(f"{path}: x/y coordinates differ from those of {first.path} (another grid?); "
                             "do not mix products in one folder")
         paths.append(path)

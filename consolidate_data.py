@@ -431,8 +431,9 @@ def main(argv=None):
                      {"corrections": "; ".join(f"{k}: {format_dates(v, 10)}" for k, v in corrections.items())})
     elapsed = time.perf_counter() - started
     share = 100.0 * flag_counts / max(1, flag_counts.sum())
+    missing_text = ": " + format_dates([days[i] for i in missing], 5) if missing else ""
     print(f"wrote {output_file}: {len(days)} days {days[0]:%Y%m%d}..{days[-1]:%Y%m%d} of {scan.shape[0]}x"
-          f"{scan.shape[1]} ({len(missing)} missing{': ' + format_dates([days[i] for i in missing], 5) if missing else ''}"
+          f"{scan.shape[1]} ({len(missing)} missing{missing_text}"
           f"{f', {sum(map(len, corrections.values()))} corrections' if corrections else ''}); "
           f"pixels: {share[0]:.1f}% observed, {share[1]:.1f}% time-linear, {share[2]:.1f}% Gaussian, "
           f"{share[3]:.1f}% no neighbour, {share[4]:.1f}% land, {share[5]:.2f}% pole hole"

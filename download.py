@@ -280,8 +280,8 @@ def accept_part(part, final, fresh):
     os.remove(part)
     kind, reason = problem
     if fresh and kind != "unreadable":
-        raise Fatal(f"the server answered 200 with a file that is {reason}",
-                    kind=f"the server sends files that are {'not NetCDF' if kind == 'not NetCDF' else 'not Bremen ASI days'}")
+        what = "not NetCDF" if kind == "not NetCDF" else "not Bremen ASI days"
+        raise Fatal(f"the server answered 200 with a file that is {reason}", kind=f"the server sends files that are {what}")
     raise Retry(f"downloaded file {reason}", kind=f"downloaded file {kind}")
 
 

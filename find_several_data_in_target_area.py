@@ -61,7 +61,8 @@ def main(argv=None):
         params["paths"]["outputs"], "plots",
         f"roi_{days[0]:%Y%m%d}_{days[-1]:%Y%m%d}_y{ymin}-{ymax}_x{xmin}-{xmax}.png")
 
-    scan = scan_days(source_dir, days, ice["product"], warn=lambda text: tqdm.write(f"warning: {text}", file=sys.stderr))
+    scan = scan_days(source_dir, days, ice["product"],
+                     warn=lambda text: tqdm.write(f"warning: {text}", file=sys.stderr))
     n_y, n_x = scan.shape
     if not (0 <= ymin < ymax <= n_y and 0 <= xmin < xmax <= n_x):
         raise UserError(f"ROI {roi_text}: expected 0 <= ymin < ymax <= {n_y} and 0 <= xmin < xmax "
