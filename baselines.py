@@ -6,7 +6,8 @@
     method = baselines.get_method("extrapolation")               # the same, by name
 
 `inputs` are the last observed frames (..., T_in, H, W), rain rate in mm/h, NaN
-outside radar coverage, oldest first, one time step apart; `leads` are lead times in
+outside radar coverage (masked entries of a numpy.ma.MaskedArray count as NaN), oldest
+first, one time step apart; `leads` are lead times in
 time steps after the last input (an int n means 1, 2, .., n). Forecasts come back as
 (..., len(leads), H, W), same units, NaN where there is no forecast.
 
@@ -31,6 +32,7 @@ from scipy import ndimage
 
 from config import UserError
 from interpolation import bilinear_sample
+from metrics import masked_as_missing
 
 
 # --------------------------------------------------------------------------- lead times
@@ -47,6 +49,7 @@ def lead_list(leads):
 
 
 # --------------------------------------------------------------------------- persistence
+@masked_as_missing
 def persistence(inputs, leads):
     """Persistence: the last observed frame, repeated for every lead time.
 
@@ -126,6 +129,7 @@ def _solve(j_xx, j_xy, j_yy, b_x, b_y, damping):
     return np.stack([-(c * b_x - j_xy * b_y) / det, -(a * b_y - j_xy * b_x) / det])
 
 
+@masked_as_missing
 def motion_field(frames, levels=None, window_sigma=8.0, warps=3, regularization=0.003,
                  smooth_sigma=15.0, min_size=32):
     """Dense motion field from consecutive rain frames (pyramidal Lucas-Kanade).
@@ -207,6 +211,7 @@ def _translation(images, weights, gaps, xx, yy, iterations):
 
 
 # --------------------------------------------------------------------------- advection
+@masked_as_missing
 def advect(field, velocity, leads, fill_value=np.nan):
     """Semi-Lagrangian backward advection of one field along a stationary motion field.
 
@@ -261,6 +266,7 @@ def advect(field, velocity, leads, fill_value=np.nan):
 
 
 # --------------------------------------------------------------------------- extrapolation
+@masked_as_missing
 def extrapolation(inputs, leads, motion_frames=3, fill_value=np.nan, motion=None, **motion_options):
     """Optical-flow extrapolation nowcast (ROVER-like): motion from the last frames, advect the last.
 

@@ -18,6 +18,7 @@ import copy
 import datetime
 import difflib
 import json
+import math
 import os
 import sys
 
@@ -41,6 +42,9 @@ def run_main(main, argv=None):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:  # output piped into a reader that stopped (e.g. `| head`): no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
     sys.exit(status or 0)
 
 
@@ -111,7 +115,8 @@ SCHEMA = Section(
         alpha=Key(NUM, 25.0, "Gaussian fill: weight of time against space (w uses dy^2+dx^2+alpha*dt^2)", minimum=0),
         sigma=Key(NUM, 5.0, "Gaussian fill: kernel width", "pixels", minimum=1e-6),
         max_time_gap=Key(int, 5, "longest NaN run filled linearly in time", "days", minimum=0),
-        mask_threshold=Key(NUM, 0.85, "create_mask.py: land where the NaN frequency exceeds this", "fraction"),
+        mask_threshold=Key(NUM, 0.85, "create_mask.py: land (or the pole hole) where the NaN frequency is at least "
+                           "this", "fraction", minimum=0),
         input_length=Key(int, 5, "sea-ice task: input days", "days", minimum=1),
         pred_length=Key(int, 3, "sea-ice task: predicted days", "days", minimum=1),
         input_gap=Key(int, 1, "sea-ice task: days between input frames", "days", minimum=1),
@@ -120,6 +125,9 @@ SCHEMA = Section(
         samples_gap=Key(int, 1, "sea-ice task: days between sample starts", "days", minimum=1),
         roi=Key(list, None, "sea-ice task: [ymin, ymax, xmin, xmax] crop in pixels; null: full frame",
                 items=int, nullable=True),
+        max_missing_fraction=Key(NUM, 0.5, "sea-ice task: a sample is dropped when one of its days has more than "
+                                 "this fraction of its pixels (land and pole hole left out) not observed "
+                                 "(fill_flag); 1: keep all", "fraction", minimum=0),
     ),
     data=Section(
         required=True, doc="nowcasting data (preproc.py, dataset.py)",
@@ -248,6 +256,8 @@ def _check_leaf(path, key, value):
         return value
     if not _is_instance(value, key.types):
         raise UserError(f"{path}: expected {_type_name(key.types)}, got {type(value).__name__} {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{path}: expected a finite number, got {value!r}")
     if key.choices is not None and value not in key.choices:
         raise UserError(f"{path}: expected one of {', '.join(map(str, key.choices))}, got {value!r}")
     if key.date and parse_date(value) is None:
@@ -257,9 +267,9 @@ def _check_leaf(path, key, value):
     if isinstance(value, list) and key.items is not None:
         item_types = key.items if isinstance(key.items, tuple) else (key.items,)
         for i, item in enumerate(value):
-            if not _is_instance(item, item_types):
-                raise UserError(f"{path}[{i}]: expected {_type_name(item_types)}, got "
-                                f"{type(item).__name__} {item!r}")
+            if not _is_instance(item, item_types) or (isinstance(item, float) and not math.isfinite(item)):
+                raise UserError(f"{path}[{i}]: expected {'a finite ' if isinstance(item, float) else ''}"
+                                f"{_type_name(item_types)}, got {type(item).__name__} {item!r}")
     return value
 
 
@@ -320,6 +330,9 @@ def _check_consistency(params):
             target["channel"] not in params["data"]["inputs"][target["source"]]:
         raise UserError(f"data.target.channel: {target['channel']!r} is not a channel of input source "
                         f"{target['source']!r} {params['data']['inputs'][target['source']]}")
+    for key in ("mask_threshold", "max_missing_fraction"):
+        if params["sea_ice"][key] > 1:
+            raise UserError(f"sea_ice.{key}: expected a fraction between 0 and 1, got {params['sea_ice'][key]!r}")
     roi = params["sea_ice"]["roi"]
     if roi is not None and (len(roi) != 4 or roi[0] >= roi[1] or roi[2] >= roi[3]):
         raise UserError(f"sea_ice.roi: expected [ymin, ymax, xmin, xmax] with min < max, got {roi}")
@@ -349,29 +362,33 @@ def get_dotted(params, dotted):
     return node
 
 
-def load_params(path=DEFAULT_CONFIG, overrides=None):
+BUILTIN_MODEL = "convlstm_unet"  # the one required key; the sea-ice tools never use it
+
+
+def builtin_params():
+    """Every key at its schema default (model.name: BUILTIN_MODEL): the configuration of a tool run
+    without a params.json."""
+    skeleton = {name: {} for name, spec in SCHEMA.items() if isinstance(spec, Section)}
+    skeleton["model"] = {"name": BUILTIN_MODEL}
+    return validate(skeleton)
+
+
+def load_params(path=None, overrides=None, builtin_defaults=False):
     """Read, merge and validate a configuration.
 
-    path: params.json to read; it must exist and hold the required sections.
+    path: params.json to read; None: ./params.json (the --config default). A file that is missing
+        is a UserError, except when path is None, ./params.json does not exist and
+        builtin_defaults is True (the sea-ice tools, which run from any folder): then the schema
+        defaults are used (`builtin_params()`), and one note on stderr says so.
     overrides: {"section.key": value}; None values are ignored (flag not given).
     Returns the validated dict with every default filled in.
     """
-    if not os.path.isfile(path):
-        hint = " (run from the repository root or pass --config PATH)" if path == DEFAULT_CONFIG else ""
-        raise UserError(f"{path}: config file not found{hint}")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            raw = json.load(fh)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read ({exc})")
-    if not isinstance(raw, dict):
-        raise UserError(f"{path}: expected a JSON object at the top level")
-    try:
-        params = validate(raw)
-    except UserError as exc:
-        raise UserError(f"{path}: {exc}") from None
+    if path is None and builtin_defaults and not os.path.exists(DEFAULT_CONFIG):
+        print(f"note: no ./{DEFAULT_CONFIG} here: using the built-in defaults (python config.py --dump "
+              "shows them; --config PATH reads a file)", file=sys.stderr)
+        params = builtin_params()
+    else:
+        params = _read_params(DEFAULT_CONFIG if path is None else path, explicit=path is not None)
     overrides = overrides or {}
     for dotted, value in overrides.items():
         if value is not None:
@@ -385,11 +402,58 @@ def load_params(path=DEFAULT_CONFIG, overrides=None):
         raise UserError(f"{flag}: {exc}" if flag else str(exc)) from None
 
 
-def add_config_arg(parser):
-    """Add the `--config PATH` flag every script shares."""
-    parser.add_argument("--config", default=DEFAULT_CONFIG, metavar="PATH",
-                        help=f"params.json to read (default: ./{DEFAULT_CONFIG}); flags override its values")
+def _read_params(path, explicit):
+    """The validated contents of the params.json at `path`; UserError naming the file when it is
+    missing, unreadable, not JSON or not valid."""
+    if not os.path.isfile(path):
+        what = "is a folder, expected a params.json file" if os.path.isdir(path) else "config file not found"
+        hint = "" if explicit else " (run from the repository root or pass --config PATH)"
+        raise UserError(f"{path}: {what}{hint}")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            raw = json.load(fh)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read ({exc})")
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a JSON object at the top level")
+    try:
+        return validate(raw)
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from None
+
+
+def add_config_arg(parser, builtin_defaults=False):
+    """Add the `--config PATH` flag every script shares (default None: ./params.json; pass
+    builtin_defaults=True to load_params too when the script may run without one)."""
+    fallback = ", or the built-in defaults when there is none" if builtin_defaults else ""
+    parser.add_argument("--config", default=None, metavar="PATH",
+                        help=f"params.json to read (default: ./{DEFAULT_CONFIG}{fallback}); flags override its values")
     return parser
+
+
+def path_arg(text):
+    """argparse `type` of a file or folder flag: the text, refusing an empty string (which would otherwise
+    silently mean "the default")."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a path, got an empty string")
+    return text
+
+
+def ensure_folder(folder, what="output folder"):
+    """Create `folder` and its parents; UserError naming it when that is impossible (a file is in the way,
+    no permission). Returns folder."""
+    try:
+        os.makedirs(folder or ".", exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = folder
+        while blocker and not os.path.isfile(blocker) and os.path.dirname(blocker) != blocker:
+            blocker = os.path.dirname(blocker)
+        raise UserError(f"{what} {folder}: {blocker} is a file, expected a folder") from None
+    except OSError as exc:
+        raise UserError(f"{what} {folder}: cannot create it ({exc.strerror or exc})") from None
+    return folder
 
 
 # --------------------------------------------------------------------------- command-line overrides
@@ -509,7 +573,8 @@ def main(argv=None):
     add_config_arg(parser)
     parser.add_argument("--markdown", action="store_true", help="print the key reference as a Markdown table")
     parser.add_argument("--readme", metavar="PATH", help="rewrite the reference table in this README.md")
-    parser.add_argument("--dump", action="store_true", help="print the full configuration with defaults filled in")
+    parser.add_argument("--dump", action="store_true", help="print the full configuration with defaults filled in "
+                        "(the built-in defaults when there is no ./params.json)")
     args = parser.parse_args(argv)
     if args.markdown:
         print(markdown_reference())
@@ -518,11 +583,11 @@ def main(argv=None):
         update_readme(args.readme)
         print(f"updated the params.json reference in {args.readme}")
         return 0
-    params = load_params(args.config)
+    params = load_params(args.config, builtin_defaults=args.dump)
     if args.dump:
         print(json.dumps(params, indent=2))
     else:
-        print(f"{args.config}: valid")
+        print(f"{args.config or DEFAULT_CONFIG}: valid")
     return 0
 
 

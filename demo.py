@@ -136,9 +136,13 @@ def main(argv=None):
          "--output_file", f"{plots}/roi.png"], log)
     run([py, "visualization.py", "--input_file", day_file, "--output_file", f"{plots}/sic_{day}.png"], log)
     run([py, "visualize_mask.py", "--input_file", mask, "--output_file", f"{plots}/land_mask.png"], log)
-    run([py, "visualization_compare_between_full_sic.py", "--original_file", day_file,
-         "--consolidated_file", consolidated, "--date", day,
-         "--output_file", f"{plots}/interpolation_comparison_{day}.png"], log)
+    # the first day: gaps in a run that touches the start of the range are left to the Gaussian stage
+    run([py, "visualization_compare_between_full_sic.py", "--original_file", f"{asi}/asi-AMSR2-n3125-{start}-v5.4.nc",
+         "--consolidated_file", consolidated, "--date", start,
+         "--output_file", f"{plots}/interpolation_comparison_{start}.png"], log)
+    # a day absent upstream, from the consolidated file: land, no data, and "MISSING" in the title
+    run([py, "visualization.py", "--input_file", consolidated, "--date", f"{absent:%Y%m%d}",
+         "--output_file", f"{plots}/consolidated_{absent:%Y%m%d}.png"], log)
 
     # ---- nowcasting: synthetic raw cases -> zarr -> training -> evaluation
     run([py, "generate_data.py", "nowcast", "--out", f"{out}/raw_dataset", "--cases", "8",

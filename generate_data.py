@@ -29,7 +29,7 @@ import numpy as np
 
 from asi_files import asi_filename, date_flag, date_range, to_date  # noqa: F401 (re-exported)
 from atomic import atomic_path
-from config import UserError, add_config_arg, load_params, run_main
+from config import UserError, add_config_arg, ensure_folder, load_params, path_arg, run_main
 
 # --------------------------------------------------------------------------- the ASI grid
 # rows (y), cols (x), spacing (m), first x centre, first y centre: bremen-asi-format.md
@@ -321,49 +321,68 @@ def write_raw_cases(out_dir, n_cases=4, shape=(96, 96), n_steps=48, seed=0, step
 
 
 # --------------------------------------------------------------------------- command line
-def parse_shape(text):
+def parse_shape(text, largest=None):
+    """(rows, cols) of a ROWSxCOLS flag, at least 8x8 and at most `largest` (rows, cols) when given."""
     try:
         n_y, n_x = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise UserError(f"--size {text!r}: expected ROWSxCOLS, e.g. 896x608") from None
     if n_y < 8 or n_x < 8:
         raise UserError(f"--size {text!r}: expected at least 8x8")
+    if largest is not None and (n_y > largest[0] or n_x > largest[1]):
+        raise UserError(f"--size {text!r}: expected at most {largest[0]}x{largest[1]}")
     return n_y, n_x
+
+
+def non_negative(text):
+    """argparse `type`: an integer >= 0 (a random seed)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="kind", required=True)
-    ice = add_config_arg(sub.add_parser("sea_ice", help="Bremen ASI AMSR2 daily NetCDF files"))
-    ice.add_argument("--out", help="output folder, files written flat (default: paths.sea_ice_data in params.json)")
+    ice = add_config_arg(sub.add_parser("sea_ice", help="Bremen ASI AMSR2 daily NetCDF files"), builtin_defaults=True)
+    ice.add_argument("--out", type=path_arg, help="output folder, files written flat (default: paths.sea_ice_data in params.json)")
     ice.add_argument("--start", help="first day, YYYYMMDD (default: sea_ice.start_date)")
     ice.add_argument("--end", help="last day, YYYYMMDD, inclusive (default: sea_ice.end_date)")
     ice.add_argument("--size", default="3584x2432",
-                     help="grid ROWSxCOLS on the n3125 extent (default: full n3125, 3584x2432)")
+                     help="grid ROWSxCOLS on the n3125 extent, at most the full n3125 grid "
+                          "(default: full n3125, 3584x2432)")
     ice.add_argument("--absent", default="", help="comma-separated days (YYYYMMDD) to leave out (default: none)")
-    ice.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    now = add_config_arg(sub.add_parser("nowcast", help="raw nowcasting cases (radar, nwp, label)"))
-    now.add_argument("--out", help="raw dataset folder, one sub-folder per case (default: paths.raw_dataset)")
+    ice.add_argument("--seed", type=non_negative, default=0, help="random seed, >= 0 (default: 0)")
+    now = add_config_arg(sub.add_parser("nowcast", help="raw nowcasting cases (radar, nwp, label)"), builtin_defaults=True)
+    now.add_argument("--out", type=path_arg, help="raw dataset folder, one sub-folder per case (default: paths.raw_dataset)")
     now.add_argument("--cases", type=int, default=6, help="number of cases (default: 6)")
     now.add_argument("--size", default="128x128", help="grid ROWSxCOLS (default: 128x128)")
     now.add_argument("--steps", type=int, default=72, help="5-minute steps per case (default: 72)")
-    now.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    now.add_argument("--seed", type=non_negative, default=0, help="random seed, >= 0 (default: 0)")
     args = parser.parse_args(argv)
-    params = load_params(args.config)
+    params = load_params(args.config, builtin_defaults=True)
     if args.kind == "sea_ice":
         out = args.out or params["paths"]["sea_ice_data"]
         start = date_flag("--start", args.start) or params["sea_ice"]["start_date"]
         end = date_flag("--end", args.end) or params["sea_ice"]["end_date"]
         absent = [to_date(date_flag("--absent", d)) for d in args.absent.split(",") if d.strip()]
-        result = write_asi_days(out, start, end, parse_shape(args.size), args.seed, absent, progress=True)
+        shape = parse_shape(args.size, FULL_SHAPE)
+        ensure_folder(out, "--out")
+        result = write_asi_days(out, start, end, shape, args.seed, absent, progress=True)
         print(f"wrote {len(result['files'])} days to {out} "
               f"({len(result['absent'])} absent: {', '.join(f'{d:%Y%m%d}' for d in result['absent']) or 'none'})")
     else:
         if args.cases < 1 or args.steps < 2:
             raise UserError("--cases must be >= 1 and --steps >= 2")
         out = args.out or params["paths"]["raw_dataset"]
-        cases = write_raw_cases(out, args.cases, parse_shape(args.size), args.steps, args.seed)
+        shape = parse_shape(args.size, (4096, 4096))
+        ensure_folder(out, "--out")
+        cases = write_raw_cases(out, args.cases, shape, args.steps, args.seed)
         print(f"wrote {len(cases)} cases to {out}: {', '.join(cases)}")
     return 0
 

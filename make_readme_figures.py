@@ -5,8 +5,9 @@
 Sea ice: generates 20 Bremen-layout days (20240401..20240420, 896 x 608 on the
 n3125 extent, 20240405 absent) with generate_data.py, then runs the pipeline
 scripts that exist, as a user would: create_mask.py, consolidate_data.py,
-visualization.py, visualize_mask.py, visualization_compare_between_full_sic.py and
-find_several_data_in_target_area.py. Nowcasting: runs the demo's short pipeline on
+visualization.py, visualize_mask.py, visualization_compare_between_full_sic.py (on
+the day with the most Gaussian-filled pixels, so that the figure shows the core fill and
+not only the time-linear stage) and find_several_data_in_target_area.py. Nowcasting: runs the demo's short pipeline on
 8 generated cases (generate_data.py nowcast, preproc.py, training.py with demo.py's
 params, evaluate.py, evaluate.py --predict) into <work_dir>/run, or takes a finished
 run from --run_dir, and plots its train_log.csv, eval/<split>/metrics.json and the
@@ -30,7 +31,7 @@ from generate_data import parse_shape
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 ASSET = os.path.join(ROOT, "asset")
-START, END, ABSENT, DAY = "20240401", "20240420", "20240405", "20240417"
+START, END, ABSENT, DAY = "20240401", "20240420", "20240405", "20240417"  # DAY: the one-day map
 
 
 def run(script, *args):
@@ -71,6 +72,25 @@ def find_one(folder, patterns):
     return None
 
 
+def gaussian_day(consolidated, asi):
+    """(YYYYMMDD, day file) of the day with a source file that has the most Gaussian-filled pixels (fill_flag 2):
+    the figure must show the core fill, not only the time-linear stage. None when no day has one."""
+    import netCDF4
+    import numpy as np
+    from asi_files import asi_filename
+
+    with netCDF4.Dataset(consolidated) as nc:
+        times = nc["time"][:].tolist()
+        missing = set(nc["missing_dates"][:].tolist()) if "missing_dates" in nc.variables else set()
+        counts = [int(np.count_nonzero(nc["fill_flag"][t] == 2)) if times[t] not in missing else -1
+                  for t in range(len(times))]
+    best = int(np.argmax(counts))
+    if counts[best] <= 0:
+        return None
+    print(f"-- before/after figure: {times[best]} ({counts[best]} Gaussian-filled pixels, the most of any day)")
+    return str(times[best]), os.path.join(asi, asi_filename(times[best]))
+
+
 def run_nowcasting(out):
     """The demo's nowcasting steps on generated cases into `out` (demo.py's short-training params)."""
     import demo
@@ -101,6 +121,8 @@ def main(argv=None):
                         help="sea-ice grid ROWSxCOLS on the n3125 extent (default: 896x608, 12.5 km)")
     parser.add_argument("--max_width", type=int, default=1100, help="README figure width, pixels (default: 1100)")
     parser.add_argument("--asset_dir", default=ASSET, help="where the README figures go (default: asset/)")
+    parser.add_argument("--parts", default="sea_ice,nowcasting",
+                        help="comma-separated figure groups to redo: sea_ice, nowcasting (default: both)")
     args = parser.parse_args(argv)
     work = args.work_dir
     asi, plots = os.path.join(work, "asi"), os.path.join(work, "plots")
@@ -113,7 +135,24 @@ def main(argv=None):
         else:
             skipped.append(what)
 
-    # ---- sea ice
+    parts = {p.strip() for p in args.parts.split(",") if p.strip()}
+    if not parts or parts - {"sea_ice", "nowcasting"}:
+        raise UserError(f"--parts {args.parts!r}: expected sea_ice, nowcasting or both, comma-separated")
+    if "sea_ice" in parts:
+        sea_ice_figures(args, work, asi, plots, figure)
+    if "nowcasting" in parts:
+        nowcasting_figures(args, work, plots, figure)
+    print("\n== README figures")
+    for what, path, kib in written:
+        print(f"  {os.path.relpath(path):45s} {kib:6.0f} KiB  {what}")
+    for what in skipped:
+        print(f"  {'(skipped)':45s} {'':10s} {what}")
+    print(f"wrote {len(written)} figures to {os.path.relpath(args.asset_dir)}/ ({len(skipped)} skipped)")
+    return 0
+
+
+def sea_ice_figures(args, work, asi, plots, figure):
+    """Generated days -> create_mask, consolidate_data -> the four sea-ice figures."""
     run("generate_data.py", "sea_ice", "--out", asi, "--start", START, "--end", END, "--size", args.size,
         "--absent", ABSENT)
     day_file = os.path.join(asi, f"asi-AMSR2-n3125-{DAY}-v5.4.nc")
@@ -129,10 +168,12 @@ def main(argv=None):
     full = os.path.join(plots, "land_mask.png")
     figure(have_mask and run("visualize_mask.py", "--input_file", mask, "--output_file", full), full,
            "land_mask.png", "land mask and NaN frequency")
-    full = os.path.join(plots, f"interpolation_comparison_{DAY}.png")
-    figure(have_consolidated and run("visualization_compare_between_full_sic.py", "--original_file", day_file,
-                                     "--consolidated_file", consolidated, "--date", DAY, "--output_file", full),
-           full, f"interpolation_comparison_{DAY}.png", "before / after gap filling")
+    full = os.path.join(plots, "interpolation_comparison.png")
+    shown = gaussian_day(consolidated, asi) if have_consolidated else None
+    figure(shown and run("visualization_compare_between_full_sic.py", "--original_file", shown[1],
+                         "--consolidated_file", consolidated, "--date", shown[0], "--output_file", full),
+           full, "interpolation_comparison.png",
+           f"before / after gap filling, {shown[0] if shown else '-'}: the day with the most Gaussian-filled pixels")
     full = os.path.join(plots, "roi.png")
     n_y, n_x = parse_shape(args.size)  # the demo's ROI (rows 300:400, cols 200:300 of 896 x 608), scaled
     roi = [round(n_y * 300 / 896), round(n_y * 400 / 896), round(n_x * 200 / 608), round(n_x * 300 / 608)]
@@ -140,7 +181,10 @@ def main(argv=None):
                "--end_date", END, "--ymin", roi[0], "--ymax", roi[1], "--xmin", roi[2], "--xmax", roi[3],
                "--output_file", full), full, "roi.png", "region of interest")
 
-    # ---- nowcasting: a finished run (--run_dir), or a short one on generated cases
+
+
+def nowcasting_figures(args, work, plots, figure):
+    """A finished run (--run_dir), or a short one on generated cases -> the three nowcasting figures."""
     run_dir = args.run_dir or run_nowcasting(os.path.join(work, "run"))
     log = find_one(run_dir, ["train_log.csv"])
     metrics = find_one(run_dir, ["metrics.json"])
@@ -159,14 +203,6 @@ def main(argv=None):
         forecast = forecast and run("visualization.py", "--forecast", forecast, "--output_file", full)
     figure(forecast, full, "forecast_panels.png",
            f"forecast panels (forecasts/*.png or forecast*.npz under {run_dir})")
-
-    print("\n== README figures")
-    for what, path, kib in written:
-        print(f"  {os.path.relpath(path):45s} {kib:6.0f} KiB  {what}")
-    for what in skipped:
-        print(f"  {'(skipped)':45s} {'':10s} {what}")
-    print(f"wrote {len(written)} figures to {os.path.relpath(args.asset_dir)}/ ({len(skipped)} skipped)")
-    return 0
 
 
 if __name__ == "__main__":

@@ -18,7 +18,9 @@ Conventions (they hold for every function and accumulator here)
   fraction or % for sea ice). Scores keep the data's units (MSE in units^2).
 * Valid pixels: a pixel counts when pred and obs are both finite and `mask`
   (optional, boolean, broadcastable to pred, True = the pixel counts) is True.
-  Every other pixel is left out of every sum. (pysteps' det_cat_fct counts a
+  Every other pixel is left out of every sum. A masked entry of a
+  numpy.ma.MaskedArray (what netCDF4 returns) is missing, whatever value lies
+  under the mask (`missing_as_nan`, applied to every function and update()). (pysteps' det_cat_fct counts a
   NaN as a "no" instead; compare on finite pixels only.)
 * Events: a pixel is an event when its value >= threshold (value exactly at
   the threshold is an event). This is pysteps' `fss` convention and the sea-ice
@@ -31,6 +33,9 @@ Conventions (they hold for every function and accumulator here)
   ETS/FSS when neither field has an event. An empty set of valid pixels gives
   NaN for every score (and zero counts).
 """
+import functools
+import inspect
+
 import numba
 import numpy as np
 from scipy import ndimage
@@ -41,7 +46,44 @@ TABLE_KEYS = ("hits", "misses", "false_alarms", "correct_negatives")
 ICE_EDGE_FRACTION = 0.15  # sea-ice extent: concentration >= 15 %
 
 
+# --------------------------------------------------------------------------- masked arrays
+# Argument names whose masked entries mean "leave this pixel out" rather than "value missing".
+_MASKED_BOOL_FILL = {"mask": False, "land_mask": True}  # mask: True = counts; land_mask: True = land
+
+
+def missing_as_nan(x, name=None):
+    """x, with the masked entries of a numpy.ma.MaskedArray turned into missing data; any other x unchanged.
+
+    netCDF4 returns masked arrays by default, and np.asarray() of one silently keeps the values under
+    the mask (e.g. -9999 or 9.97e36): every score and baseline must see those pixels as missing.
+    Values become NaN (an integer or bool array becomes float64); for a pixel mask (name "mask",
+    True = the pixel counts) a masked entry is False, for "land_mask" (True = land) it is True.
+    """
+    if not isinstance(x, np.ma.MaskedArray):
+        return x
+    if name in _MASKED_BOOL_FILL:
+        return np.ma.filled(x.astype(bool), _MASKED_BOOL_FILL[name])
+    data = np.ma.getdata(x)
+    return np.ma.filled(x.astype(data.dtype if data.dtype.kind == "f" else np.float64), np.nan)
+
+
+def masked_as_missing(function):
+    """Decorator: every numpy.ma.MaskedArray argument of `function` goes through missing_as_nan first."""
+    signature = inspect.signature(function)
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        if not any(isinstance(a, np.ma.MaskedArray) for a in (*args, *kwargs.values())):
+            return function(*args, **kwargs)
+        bound = signature.bind(*args, **kwargs)
+        for name, value in bound.arguments.items():
+            bound.arguments[name] = missing_as_nan(value, name)
+        return function(*bound.args, **bound.kwargs)
+    return wrapper
+
+
 # --------------------------------------------------------------------------- helpers
+@masked_as_missing
 def valid_pixels(pred, obs, mask=None):
     """Boolean array, shape of pred: True where pred and obs are finite and mask is True.
 
@@ -60,6 +102,7 @@ def valid_pixels(pred, obs, mask=None):
     return valid
 
 
+@masked_as_missing
 def events(values, threshold, strict=False):
     """Boolean events: values >= threshold (or values > threshold when strict). NaN -> False."""
     values = np.asarray(values)
@@ -82,6 +125,7 @@ def _lead_first(x, lead_axis):
 
 
 # --------------------------------------------------------------------------- categorical
+@masked_as_missing
 def contingency_table(pred, obs, threshold, mask=None, strict=False):
     """2x2 contingency table of events (value >= threshold) over valid pixels.
 
@@ -167,6 +211,7 @@ def categorical_scores(table):
     }
 
 
+@masked_as_missing
 def categorical(pred, obs, threshold, mask=None, strict=False):
     """Contingency table and all categorical scores at one threshold (see categorical_scores).
 
@@ -182,29 +227,34 @@ def _valid_pairs(pred, obs, mask):
     return (np.asarray(pred, dtype=np.float64)[valid], np.asarray(obs, dtype=np.float64)[valid])
 
 
+@masked_as_missing
 def mse(pred, obs, mask=None):
     """Mean squared error over valid pixels, in units^2 (e.g. (mm/h)^2). NaN if none valid."""
     p, o = _valid_pairs(pred, obs, mask)
     return float(np.mean((p - o) ** 2)) if p.size else np.nan
 
 
+@masked_as_missing
 def rmse(pred, obs, mask=None):
     """Root mean squared error over valid pixels, in the data's units."""
     return float(np.sqrt(mse(pred, obs, mask)))
 
 
+@masked_as_missing
 def mae(pred, obs, mask=None):
     """Mean absolute error over valid pixels, in the data's units."""
     p, o = _valid_pairs(pred, obs, mask)
     return float(np.mean(np.abs(p - o))) if p.size else np.nan
 
 
+@masked_as_missing
 def mean_error(pred, obs, mask=None):
     """Bias: mean of (pred - obs) over valid pixels, data's units (> 0: forecast too high)."""
     p, o = _valid_pairs(pred, obs, mask)
     return float(np.mean(p - o)) if p.size else np.nan
 
 
+@masked_as_missing
 def pearson_r(pred, obs, mask=None):
     """Pearson correlation of pred and obs over valid pixels; NaN if < 2 pixels or a constant field."""
     p, o = _valid_pairs(pred, obs, mask)
@@ -214,6 +264,7 @@ def pearson_r(pred, obs, mask=None):
     return float(_ratio(np.sum(p * o), np.sqrt(np.sum(p * p) * np.sum(o * o))))
 
 
+@masked_as_missing
 def pmse(pred, obs, mask=None, step_minutes=5):
     """pMSE as SmaAt-UNet and SpaT-SparK report it: MSE per pixel of step accumulations.
 
@@ -237,6 +288,7 @@ def pmse(pred, obs, mask=None, step_minutes=5):
     return mse(pred, obs, mask) / (60.0 / step_minutes) ** 2
 
 
+@masked_as_missing
 def continuous_scores(pred, obs, mask=None):
     """n (valid pixels), mse, rmse, mae, bias (mean pred - obs), corr (Pearson), mean_pred, mean_obs."""
     p, o = _valid_pairs(pred, obs, mask)
@@ -302,6 +354,7 @@ def _fss_from_sums(sum_ff, sum_fo, sum_oo):
     return 1.0 - _ratio(sum_ff - 2.0 * sum_fo + sum_oo, sum_ff + sum_oo)
 
 
+@masked_as_missing
 def fss(pred, obs, threshold, window, mask=None):
     """Fractions skill score (Roberts and Lean 2008) at one threshold and window size.
 
@@ -336,6 +389,7 @@ def fss(pred, obs, threshold, window, mask=None):
 
 
 # --------------------------------------------------------------------------- image and physical
+@masked_as_missing
 def psnr(pred, obs, data_range=None, mask=None):
     """Peak signal-to-noise ratio, dB: 10 log10(data_range^2 / MSE) over valid pixels.
 
@@ -359,6 +413,7 @@ def psnr(pred, obs, data_range=None, mask=None):
     return np.inf if error == 0 else float(10.0 * np.log10(data_range ** 2 / error))
 
 
+@masked_as_missing
 def ssim(pred, obs, data_range=None, mask=None, sigma=1.5, truncate=3.5, k1=0.01, k2=0.03):
     """Structural similarity index (Wang et al. 2004), Gaussian-weighted, mean over the field.
 
@@ -414,6 +469,7 @@ def ssim(pred, obs, data_range=None, mask=None, sigma=1.5, truncate=3.5, k1=0.01
     return float(ssim_map[centres].mean())
 
 
+@masked_as_missing
 def negative_count(pred, mask=None):
     """Number of finite forecast pixels below zero (inside mask): 0 for a physical rain field."""
     pred = np.asarray(pred)
@@ -423,6 +479,7 @@ def negative_count(pred, mask=None):
     return int(np.count_nonzero(negative))
 
 
+@masked_as_missing
 def mass_violation(pred, obs, mask=None, block=None):
     """Mean absolute error of block means: how far the forecast breaks the observed total.
 
@@ -461,6 +518,7 @@ def mass_violation(pred, obs, mask=None, block=None):
 
 
 # --------------------------------------------------------------------------- probabilistic
+@masked_as_missing
 def crps_ensemble(ensemble, obs, mask=None, member_axis=0, fair=False):
     """Continuous ranked probability score of an ensemble, mean over valid pixels.
 
@@ -523,6 +581,7 @@ def _ocean(pred, obs, land_mask, threshold):
     return valid
 
 
+@masked_as_missing
 def sea_ice_scores(pred, obs, land_mask=None, threshold=ICE_EDGE_FRACTION, pixel_area_km2=3.125 ** 2):
     """Sea-ice scores over ocean pixels: rmse, mae, binary accuracy, mean IIEE.
 
@@ -554,6 +613,7 @@ def sea_ice_scores(pred, obs, land_mask=None, threshold=ICE_EDGE_FRACTION, pixel
     return scores
 
 
+@masked_as_missing
 def ice_binary_accuracy(pred, obs, land_mask=None, threshold=ICE_EDGE_FRACTION):
     """Fraction of valid ocean pixels where pred and obs agree on ice (>= threshold) or no ice."""
     valid = _ocean(pred, obs, land_mask, threshold)
@@ -561,6 +621,7 @@ def ice_binary_accuracy(pred, obs, land_mask=None, threshold=ICE_EDGE_FRACTION):
     return float(_ratio(np.count_nonzero(agree & valid), np.count_nonzero(valid)))
 
 
+@masked_as_missing
 def iiee(pred, obs, pixel_area_km2, land_mask=None, threshold=ICE_EDGE_FRACTION):
     """Integrated ice-edge error (Goessling et al. 2016), km^2, per frame.
 
@@ -630,6 +691,7 @@ class ContingencyAccumulator:
         self.thresholds = [float(t) for t in np.atleast_1d(thresholds)]
         self.lead_axis, self.strict, self.table = lead_axis, strict, None
 
+    @masked_as_missing
     def update(self, pred, obs, mask=None):
         """Add one batch. pred, obs: same shape; mask: bool, broadcastable, True = counts."""
         valid = _lead_first(valid_pixels(pred, obs, mask), self.lead_axis)
@@ -689,6 +751,7 @@ class ContinuousAccumulator:
         self.lead_axis, self.step_minutes = lead_axis, step_minutes
         self.sums, self.shift = None, None
 
+    @masked_as_missing
     def update(self, pred, obs, mask=None):
         """Add one batch. pred, obs: same shape; mask: bool, broadcastable, True = counts."""
         valid = _lead_first(valid_pixels(pred, obs, mask), self.lead_axis)
@@ -753,6 +816,7 @@ class FSSAccumulator:
         self.windows = [int(w) for w in np.atleast_1d(windows)]
         self.lead_axis, self.sums = lead_axis, None
 
+    @masked_as_missing
     def update(self, pred, obs, mask=None):
         """Add one batch of fields (..., H, W). mask: bool, broadcastable, True = counts."""
         ndim = np.ndim(pred)

@@ -68,7 +68,8 @@ class MirrorServer:
         self._faults = collections.defaultdict(collections.deque)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._httpd = http.server.ThreadingHTTPServer((host, port), _make_handler(self))
+        self._httpd = http.server.ThreadingHTTPServer((host, port), MirrorHandler)
+        self._httpd.mirror = self
         self._httpd.daemon_threads = True
         self.host, self.port = self._httpd.server_address[:2]
         self._thread = None
@@ -171,92 +172,100 @@ def _parse_range(header, size):
     return start, end
 
 
-def _make_handler(server):
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # keep-alive like a real server; Content-Length always sent
-        server_version = "ASIMirror/1.0"
+class MirrorHandler(http.server.BaseHTTPRequestHandler):
+    """Answers GET/HEAD like the Bremen server: files by name, Range requests, the injected faults of
+    the MirrorServer at self.server.mirror."""
+    protocol_version = "HTTP/1.1"  # keep-alive like a real server; Content-Length always sent
+    server_version = "ASIMirror/1.0"
 
-        def log_message(self, *args):  # quiet: the request log is server.requests
-            pass
+    def log_message(self, *args):  # quiet: the request log is server.requests
+        pass
 
-        def do_HEAD(self):
-            self._serve(head=True)
+    def do_HEAD(self):
+        self._serve(head=True)
 
-        def do_GET(self):
-            self._serve(head=False)
+    def do_GET(self):
+        self._serve(head=False)
 
-        def _status_only(self, status, method, range_header, extra=None):
-            server._log(method, self.path, range_header, status)
-            body = f"{status} {self.responses.get(status, ('',))[0]}\n".encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "text/plain")
-            self.send_header("Content-Length", str(len(body)))
-            for key, value in (extra or {}).items():
-                self.send_header(key, value)
-            self.end_headers()
-            if method == "GET":
-                self.wfile.write(body)
+    def _status_only(self, status, method, range_header, extra=None):
+        self.server.mirror._log(method, self.path, range_header, status)
+        body = f"{status} {self.responses.get(status, ('',))[0]}\n".encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        for key, value in (extra or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        if method == "GET":
+            self.wfile.write(body)
 
-        def _serve(self, head):
-            method = "HEAD" if head else "GET"
-            range_header = self.headers.get("Range")
-            name = self.path.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
-            path = server.resolve(self.path)
-            fault = server._take_fault(name) if path is not None else None
-            if fault == "drop":
-                server._log(method, self.path, range_header, None)
-                self.close_connection = True
-                return
-            if fault in STATUS_FAULTS:
-                return self._status_only(int(fault), method, range_header)
-            if path is None:
-                return self._status_only(404, method, range_header)
-            size = os.path.getsize(path)
-            wanted = None
-            if server.honour_range and fault != "norange":
-                wanted = _parse_range(range_header, size)
-            if wanted == "bad":
-                return self._status_only(416, method, range_header, {"Content-Range": f"bytes */{size}"})
-            if wanted is None:
-                status, start, end = 200, 0, size - 1
-            else:
-                status, (start, end) = 206, wanted
-            length = end + 1 - start
-            server._log(method, self.path, range_header, status)
-            self.send_response(status)
-            self.send_header("Content-Type", "application/x-netcdf")
-            self.send_header("Content-Length", str(length))
-            self.send_header("Accept-Ranges", "bytes" if server.honour_range else "none")
-            self.send_header("Last-Modified", self.date_time_string(int(os.path.getmtime(path))))
-            if status == 206:
-                self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
-            if fault == "cut":
-                self.send_header("Connection", "close")
-            self.end_headers()
-            if head:
-                return
-            to_send = length // 2 if fault == "cut" else length
-            piece = server.slow_chunk if fault == "slow" else 1 << 16
-            try:
-                with open(path, "rb") as fh:  # streamed: memory stays small for any file size
-                    fh.seek(start)
-                    while to_send > 0:
-                        chunk = fh.read(min(piece, to_send))
-                        if not chunk:
+    def _serve(self, head):
+        mirror, method = self.server.mirror, "HEAD" if head else "GET"
+        range_header = self.headers.get("Range")
+        name = self.path.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+        path = mirror.resolve(self.path)
+        fault = mirror._take_fault(name) if path is not None else None
+        if fault == "drop":
+            mirror._log(method, self.path, range_header, None)
+            self.close_connection = True
+            return
+        if fault in STATUS_FAULTS:
+            return self._status_only(int(fault), method, range_header)
+        if path is None:
+            return self._status_only(404, method, range_header)
+        size = os.path.getsize(path)
+        wanted = _parse_range(range_header, size) if mirror.honour_range and fault != "norange" else None
+        if wanted == "bad":
+            return self._status_only(416, method, range_header, {"Content-Range": f"bytes */{size}"})
+        status, (start, end) = (200, (0, size - 1)) if wanted is None else (206, wanted)
+        mirror._log(method, self.path, range_header, status)
+        self.send_response(status)
+        self.send_header("Content-Type", "application/x-netcdf")
+        self.send_header("Content-Length", str(end + 1 - start))
+        self.send_header("Accept-Ranges", "bytes" if mirror.honour_range else "none")
+        self.send_header("Last-Modified", self.date_time_string(int(os.path.getmtime(path))))
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        if fault == "cut":
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if not head:
+            self._stream(path, start, end + 1 - start, fault)
+
+    def _stream(self, path, start, length, fault):
+        """Send `length` bytes of the file from `start` (half of them for a "cut", slowly for "slow")."""
+        mirror = self.server.mirror
+        to_send = length // 2 if fault == "cut" else length
+        piece = mirror.slow_chunk if fault == "slow" else 1 << 16
+        try:
+            with open(path, "rb") as fh:  # streamed: memory stays small for any file size
+                fh.seek(start)
+                while to_send > 0:
+                    chunk = fh.read(min(piece, to_send))
+                    if not chunk:
+                        break
+                    self.wfile.write(chunk)
+                    to_send -= len(chunk)
+                    if fault == "slow":
+                        self.wfile.flush()
+                        if to_send > 0 and mirror._stopping.wait(mirror.slow_delay):
                             break
-                        self.wfile.write(chunk)
-                        to_send -= len(chunk)
-                        if fault == "slow":
-                            self.wfile.flush()
-                            if to_send > 0 and server._stopping.wait(server.slow_delay):
-                                break
-                self.wfile.flush()
-            except (BrokenPipeError, ConnectionResetError):  # the client gave up (e.g. timed out)
-                pass
-            if fault in ("cut", "slow") or to_send > 0:
-                self.close_connection = True
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up (e.g. timed out)
+            pass
+        if fault in ("cut", "slow") or to_send > 0:
+            self.close_connection = True
 
-    return Handler
+
+def port_number(text):
+    """argparse `type`: a TCP port 0..65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port 0..65535, got {port}")
+    return port
 
 
 def main(argv=None):
@@ -264,7 +273,8 @@ def main(argv=None):
                                      "layout on a loopback HTTP server (for download.py and the demo).")
     parser.add_argument("--root", required=True, help="folder of asi-AMSR2-*.nc files (flat or per-year)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8000, help="TCP port; 0 picks a free one (default: 8000)")
+    parser.add_argument("--port", type=port_number, default=8000,
+                        help="TCP port 0..65535; 0 picks a free one (default: 8000)")
     parser.add_argument("--product", default="n3125", choices=PRODUCTS,
                         help="grid served and named in the base URL (default: n3125)")
     parser.add_argument("--no-range", action="store_true",
@@ -272,8 +282,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         srv = MirrorServer(args.root, args.host, args.port, args.product, honour_range=not args.no_range)
-    except OSError as exc:
-        raise UserError(f"--port {args.port}: cannot listen on {args.host} ({exc.strerror or exc})") from None
+    except (OSError, OverflowError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
+        raise UserError(f"--host {args.host} --port {args.port}: cannot listen there ({reason})") from None
     n_files = sum(1 for _, _, files in os.walk(args.root) for f in files if NAME_RE.match(f))
     print(srv.base_url, flush=True)  # stdout holds only the URL, so `URL=$(... | head -1)` works
     print(f"serving {n_files} ASI files from {args.root} at {srv.base_url} (Ctrl-C stops)",

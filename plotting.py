@@ -7,6 +7,7 @@ Sea ice (maps on the file's own projection, offline coastlines):
     plot_roi_map(z, grid, roi, out_path)                full grid, ROI outlined in red
 Nowcasting:
     plot_forecast_panels(inputs, target, prediction, lead_minutes, out_path)
+    plot_forecast_maps(prediction, lead_minutes, out_path)  a forecast file alone (evaluate.py --predict)
     plot_training_curves(log, out_path)                 train_log.csv of training.py
     plot_verification(metrics, score, out_path)         metrics.json of evaluate.py
 
@@ -42,7 +43,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch, Rectangle  # noqa: E402
 
 from atomic import atomic_path  # noqa: E402
-from config import UserError  # noqa: E402
+from config import UserError, ensure_folder  # noqa: E402
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 COASTLINE_FILE = os.path.join(ROOT, "asset", "coastline", "gshhs_c_L1_polar.shp")
@@ -77,6 +78,7 @@ FILL_FLAGS = (  # consolidate_data.py fill_flag values: (value, label, colour)
     (2, "Gaussian (space-time)", "#ff7f0e"),
     (3, "no neighbour (set to 0)", "#d62728"),
     (4, "land", LAND_COLOUR),
+    (5, "pole hole (rim mean)", "#9467bd"),  # POLE_HOLE_COLOUR
 )
 
 
@@ -91,10 +93,17 @@ METHOD_STYLE = {"model": ("C0", "o"), "persistence": ("C1", "s"), "extrapolation
 
 # --------------------------------------------------------------------------- files
 def save_figure(fig, out_path):
-    """Write fig as PNG under a temporary name, rename it to out_path, close fig; returns out_path."""
+    """Write fig as PNG under a temporary name, rename it to out_path, close fig; returns out_path.
+    UserError (one line) when out_path is a folder or cannot be written."""
     try:
-        with atomic_path(out_path) as tmp:
-            fig.savefig(tmp, dpi=DPI, format="png")
+        if os.path.isdir(out_path):
+            raise UserError(f"{out_path}: is a folder, expected a PNG file name")
+        ensure_folder(os.path.dirname(os.path.abspath(out_path)), "output folder")
+        try:
+            with atomic_path(out_path) as tmp:
+                fig.savefig(tmp, dpi=DPI, format="png")
+        except OSError as exc:
+            raise UserError(f"{out_path}: cannot write the figure ({exc.strerror or exc})") from None
     finally:
         plt.close(fig)
     return out_path
@@ -118,7 +127,8 @@ def open_dataset(path):
                 return xr.open_zarr(path, consolidated=None)
         return xr.open_dataset(path)
     except Exception as exc:  # any reader error is a bad input file for the user
-        raise UserError(f"{path}: cannot open as NetCDF/Zarr ({type(exc).__name__}: {exc})") from None
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        raise UserError(f"{path}: cannot open as NetCDF/Zarr ({type(exc).__name__}: {first_line})") from None
 
 
 def require_var(ds, name, path, dims=None):
@@ -336,48 +346,70 @@ def _figure(name, size=None):
 
 
 # --------------------------------------------------------------------------- sea-ice maps
-def plot_sea_ice_map(z, grid, out_path, title="Sea-ice concentration", coastline_path=None):
+def plot_sea_ice_map(z, grid, out_path, title="Sea-ice concentration", coastline_path=None, land=None,
+                     no_data_label="no data (NaN)"):
     """One concentration field on its projection: z (H, W) float in %, NaN = no data (grey).
 
+    land: optional bool (H, W), drawn in LAND_COLOUR whatever z holds there (a consolidated
+    file stores 0 on land: without this it would look like open water).
+    no_data_label: legend text of the grey pixels.
     Returns MapResult(path, coastlines drawn, display stride).
     """
     z = np.asarray(z, dtype=np.float32)
+    if land is not None:
+        land = np.asarray(land, dtype=bool)
+        z = np.where(land, np.float32(np.nan), z)
     stride = display_stride(z.shape)
     field, extent = _display_field(z, grid, stride)
     fig = _figure("map")
     ax = map_axes(fig, fig.add_gridspec(1, 1, left=0.04, right=0.84, top=0.93, bottom=0.1)[0], grid, extent)
     image, drawn = draw_map(ax, field, grid, extent, sea_ice_cmap(), mcolors.Normalize(0, 100), coastline_path)
+    handles = [Patch(color=NAN_COLOUR, label=no_data_label)]
+    if land is not None:
+        shown_land, _ = _display_field(np.where(land, 1.0, np.nan).astype(np.float32), grid, stride)
+        ax.imshow(shown_land, origin="lower", extent=extent, transform=grid.crs, interpolation="nearest", zorder=1.5,
+                  cmap=mcolors.ListedColormap([LAND_COLOUR]).with_extremes(bad=(0, 0, 0, 0)), vmin=0, vmax=2)
+        handles.insert(0, Patch(color=LAND_COLOUR, label="land"))
     cax = fig.add_axes([0.87, 0.2, 0.03, 0.6])
     fig.colorbar(image, cax=cax, label="sea-ice concentration (%)")
-    ax.legend(handles=[Patch(color=NAN_COLOUR, label="no data (NaN)")], loc="lower left", fontsize=8,
-              framealpha=0.9)
-    nan_pct = 100 * np.isnan(z).mean()
+    ax.legend(handles=handles, loc="lower left", fontsize=8, framealpha=0.9)
+    nan_pct = 100 * np.isnan(z).mean() - (0 if land is None else 100 * land.mean())
+    land_text = "" if land is None else f"; land {100 * land.mean():.1f}%"
     ax.set_title(title, fontsize=11)
-    _caption(fig, f"{_grid_caption(z.shape, stride, grid)}; NaN {nan_pct:.1f}% of pixels")
+    _caption(fig, f"{_grid_caption(z.shape, stride, grid)}; no data {nan_pct:.1f}% of pixels{land_text}")
     return MapResult(save_figure(fig, out_path), drawn, stride)
 
 
+POLE_HOLE_COLOUR = "#9467bd"
+
+
 def plot_land_mask(land_mask, nan_frequency, grid, out_path, title="Land mask", threshold=None,
-                   coastline_path=None):
+                   coastline_path=None, pole_hole=None):
     """Binary mask (H, W) uint8 (1 land) and NaN frequency (H, W) fraction of days, side by side.
 
     threshold: the create_mask.py threshold, drawn as a contour on the frequency panel.
+    pole_hole: optional bool (H, W), create_mask.py's pole_hole, drawn in its own colour.
     Returns MapResult.
     """
     land_mask = np.asarray(land_mask)
     nan_frequency = np.asarray(nan_frequency, dtype=np.float32)
+    pole = np.zeros(land_mask.shape, bool) if pole_hole is None else np.asarray(pole_hole, dtype=bool)
     stride = display_stride(land_mask.shape)
-    mask_field, extent = _display_field(land_mask.astype(np.float32), grid, stride)
+    classes = np.where(pole, 2, land_mask == 1).astype(np.float32)  # 0 ocean, 1 land, 2 pole hole
+    mask_field, extent = _display_field(classes, grid, stride)
     freq_field, _ = _display_field(nan_frequency, grid, stride)
     fig = _figure("mask")
     spec = fig.add_gridspec(1, 2, left=0.02, right=0.9, top=0.9, bottom=0.08, wspace=0.08)
     ax_mask = map_axes(fig, spec[0], grid, extent)
-    mask_cmap = mcolors.ListedColormap(["#cfe3f5", LAND_COLOUR])
-    _, drawn = draw_map(ax_mask, mask_field, grid, extent, mask_cmap, mcolors.Normalize(-0.5, 1.5), coastline_path)
+    mask_cmap = mcolors.ListedColormap(["#cfe3f5", LAND_COLOUR, POLE_HOLE_COLOUR])
+    _, drawn = draw_map(ax_mask, mask_field, grid, extent, mask_cmap, mcolors.Normalize(-0.5, 2.5), coastline_path)
     n_land = int((land_mask == 1).sum())
-    ax_mask.set_title(f"land mask: {n_land} land pixels ({100 * n_land / land_mask.size:.1f}%)", fontsize=10)
-    ax_mask.legend(handles=[Patch(color=LAND_COLOUR, label="land (1)"), Patch(color="#cfe3f5", label="ocean (0)")],
-                   loc="lower left", fontsize=8, framealpha=0.9)
+    ax_mask.set_title(f"land mask: {n_land} land pixels ({100 * n_land / land_mask.size:.1f}%)"
+                      + (f", pole hole {int(pole.sum())}" if pole.any() else ""), fontsize=10)
+    handles = [Patch(color=LAND_COLOUR, label="land (1)"), Patch(color="#cfe3f5", label="ocean (0)")]
+    if pole.any():
+        handles.append(Patch(color=POLE_HOLE_COLOUR, label="pole hole (not land)"))
+    ax_mask.legend(handles=handles, loc="lower left", fontsize=8, framealpha=0.9)
     ax_freq = map_axes(fig, spec[1], grid, extent)
     freq_cmap = plt.get_cmap("YlGnBu").with_extremes(bad=NAN_COLOUR)
     image, drawn_freq = draw_map(ax_freq, freq_field, grid, extent, freq_cmap, mcolors.Normalize(0, 1),
@@ -580,6 +612,41 @@ def plot_forecast_panels(inputs, target, prediction, lead_minutes, out_path, cov
         fig.colorbar(diff_image, cax=fig.add_subplot(spec[1:, n_cols]), label="difference (mm/h)")
     extra = f"; first {len(leads)} of {target.shape[0]} lead times" if len(leads) < target.shape[0] else ""
     fig.suptitle(f"{title} (white: < 0.1 mm/h, grey: no coverage{extra})", fontsize=10)
+    return save_figure(fig, out_path)
+
+
+def plot_forecast_maps(prediction, lead_minutes, out_path, coverage=None, max_leads=6, title="Forecast"):
+    """A forecast file on its own (no inputs, no target): one panel per lead time, rain rate in mm/h.
+
+    prediction (T_out, H, W) mm/h, NaN where there is no forecast (grey); lead_minutes: T_out
+    lead times (min); coverage: optional bool (H, W) or (T_out, H, W), False = outside radar
+    coverage (grey too). At most max_leads panels, spread over the lead times. Returns out_path.
+    """
+    prediction = np.array(prediction, dtype=np.float32, copy=True)
+    if prediction.ndim != 3 or len(lead_minutes) != prediction.shape[0]:
+        raise ValueError(f"expected prediction (T_out, H, W) with T_out lead times; got {prediction.shape} and "
+                         f"{len(lead_minutes)} lead times")
+    if coverage is not None:
+        prediction[~np.broadcast_to(np.asarray(coverage, dtype=bool), prediction.shape)] = np.nan
+    shown = sorted(set(np.linspace(0, prediction.shape[0] - 1, min(max_leads, prediction.shape[0])).round().astype(int)))
+    finite = np.isfinite(prediction)
+    cmap, norm = rain_cmap_norm(float(prediction[finite].max()) if finite.any() else 1.0)
+    width, height = FIGSIZE["forecast_panel"]
+    fig = _figure("forecast_panel", (width * len(shown) + 1.2, height + 0.9))
+    spec = fig.add_gridspec(1, len(shown) + 1, width_ratios=[1] * len(shown) + [0.06], left=0.02, right=0.93,
+                            top=0.8, bottom=0.04, wspace=0.08)
+    for col, k in enumerate(shown):
+        field = prediction[k]
+        field = np.where(np.isfinite(field) & (field < norm.vmin), norm.vmin / 10, field)  # 0 mm/h: white
+        ax = fig.add_subplot(spec[0, col])
+        image = ax.imshow(field, cmap=cmap, norm=norm, interpolation="nearest", origin="upper")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        empty = "" if np.isfinite(prediction[k]).any() else " (no value)"
+        ax.set_title(f"+{float(lead_minutes[k]):g} min{empty}", fontsize=9)
+    fig.colorbar(image, cax=fig.add_subplot(spec[0, len(shown)]), label="rain rate (mm/h)", extend="min")
+    extra = f"; {len(shown)} of {prediction.shape[0]} lead times" if len(shown) < prediction.shape[0] else ""
+    fig.suptitle(f"{title}\n(white: < 0.1 mm/h, grey: no forecast / no coverage{extra})", fontsize=10)
     return save_figure(fig, out_path)
 
 

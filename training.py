@@ -160,7 +160,7 @@ class NowcastTask:
 
 
 class SeaIceTask:
-    """ConsolidatedSICDataset split in time; fraction units; land masked."""
+    """ConsolidatedSICDataset split in time; fraction units; land and the pole hole masked."""
 
     def __init__(self, params):
         ice = params["sea_ice"]
@@ -168,7 +168,8 @@ class SeaIceTask:
         mask = ice["land_mask_file"] or None
         common = dict(input_length=ice["input_length"], input_gap=ice["input_gap"], pred_gap=ice["pred_gap"],
                       pred_shift=ice["pred_shift"], pred_length=ice["pred_length"],
-                      samples_gap=ice["samples_gap"], land_mask=mask, roi=ice["roi"])
+                      samples_gap=ice["samples_gap"], land_mask=mask, roi=ice["roi"],
+                      max_missing_fraction=ice["max_missing_fraction"])
         self.datasets = {}
         for name, span in ranges.items():
             try:
@@ -178,8 +179,10 @@ class SeaIceTask:
             except UserError as exc:
                 raise UserError(f"sea_ice: the {name} part of the days ({len(span)} days) holds no sample "
                                 f"({exc}); use a longer date range or shorter sequences") from None
-        land = self.datasets["train"].land_mask
+        land, pole = self.datasets["train"].land_mask, self.datasets["train"].pole_hole
         self.ocean = None if land is None else ~land
+        if self.ocean is not None and pole is not None:
+            self.ocean &= ~pole  # the pole hole's values are filled, not observed: no loss there
         x = self.datasets["train"].x
         self.pixel_area_km2 = float(abs(x[1] - x[0]) / 1000.0) ** 2 if len(x) > 1 else None
         self.collate, self.stats, self.in_channels = None, None, 1

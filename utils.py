@@ -26,14 +26,18 @@ dataset pickles and works with num_workers > 0. preload_data=True reads every fr
 the samples need into memory once, at construction.
 """
 import os
+import warnings
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from config import UserError
+from config import SCHEMA, UserError
 from asi_files import to_date
+
+FLAG_OBSERVED, FLAG_LAND, FLAG_POLE_HOLE = 0, 4, 5  # fill_flag values of consolidate_data.py
+DEFAULT_MAX_MISSING_FRACTION = SCHEMA["sea_ice"]["max_missing_fraction"].default
 
 
 # --------------------------------------------------------------------------- file readers
@@ -110,9 +114,18 @@ class ConsolidatedSICDataset(Dataset):
     skip_missing: drop samples whose input or target days include a date of `missing_dates`.
     land_mask: None, the path of a create_mask.py NetCDF (variable land_mask), or an array
         (H, W) of the file's full grid (numpy or torch, nonzero/True = land). Exposed as
-        `self.land_mask`, a bool tensor (h, w) after the ROI crop (None without a mask).
+        `self.land_mask`, a bool tensor (h, w) after the ROI crop (None without a mask); the
+        file's pole_hole variable (no data, not land) as `self.pole_hole` (None without it):
+        leave it out of a loss too (`~land_mask & ~pole_hole`), its values are filled.
     mask_land: with a land mask, set land pixels to 0 in inputs and targets (a consolidated
         file made with the same mask already has land at 0). Default False: values untouched.
+    max_missing_fraction: a sample is dropped when one of its input or target days has more
+        than this fraction of its pixels not observed (fill_flag not 0 "observed"; counted over
+        the ROI's pixels that are not land, by fill_flag 4 or land_mask, nor pole hole, fill_flag
+        5). Days in missing_dates are left to skip_missing. Default 0.5
+        (sea_ice.max_missing_fraction); 1 keeps every sample. Needs the file's
+        fill_flag (a warning says when it has none). The fraction of each needed day is
+        `unobserved_fraction[t]` (NaN for days not read), the count dropped `n_too_unobserved`.
     roi: (ymin, ymax, xmin, xmax) pixel rows/columns to keep, half-open ([ymin, ymax) x
         [xmin, xmax)), row 0 = the first row of the file (smallest y). None: the full frame.
 
@@ -137,7 +150,8 @@ class ConsolidatedSICDataset(Dataset):
 
     def __init__(self, consolidated_file_path, start_time=None, end_time=None, input_length=5, input_gap=1,
                  pred_gap=1, pred_shift=1, pred_length=3, samples_gap=1, preload_data=False,
-                 skip_missing=True, land_mask=None, roi=None, mask_land=False):
+                 skip_missing=True, land_mask=None, roi=None, mask_land=False,
+                 max_missing_fraction=DEFAULT_MAX_MISSING_FRACTION):
         super().__init__()
         self.path = os.fspath(consolidated_file_path)
         steps = {"input_length": input_length, "input_gap": input_gap, "pred_gap": pred_gap,
@@ -158,6 +172,7 @@ class ConsolidatedSICDataset(Dataset):
         self._select_roi(roi)
         self._enumerate_samples(start_time, end_time)
         self._load_land_mask(land_mask)
+        self._drop_unobserved(max_missing_fraction)
         self._preloaded = None
         if preload_data:
             self._preload()
@@ -244,8 +259,8 @@ class ConsolidatedSICDataset(Dataset):
         self.input_indices, self.target_indices = inputs, targets
 
     def _load_land_mask(self, land_mask):
-        self._land = None
-        self.land_mask = None
+        self._land = self._pole = self._pole_full = None
+        self.land_mask = self.pole_hole = None
         if land_mask is None:
             if self.mask_land:
                 raise UserError("mask_land=True needs a land_mask (path or (H, W) array)")
@@ -259,6 +274,9 @@ class ConsolidatedSICDataset(Dataset):
                                 f"of {self.path} (the ROI crop is applied by the dataset)")
         self._land = np.ascontiguousarray(mask[self._window] != 0)
         self.land_mask = torch.from_numpy(self._land.copy())
+        if self._pole_full is not None:  # create_mask.py's pole_hole: no data, not land
+            self._pole = np.ascontiguousarray(self._pole_full[self._window]) & ~self._land
+            self.pole_hole = torch.from_numpy(self._pole.copy())
 
     def _read_mask_file(self, path):
         if not os.path.isfile(path):
@@ -268,6 +286,8 @@ class ConsolidatedSICDataset(Dataset):
             if "land_mask" not in reader.variables:
                 raise UserError(f"{path}: no variable 'land_mask'; expected create_mask.py output")
             mask = reader.read("land_mask")
+            if "pole_hole" in reader.variables and reader.variables["pole_hole"].shape == mask.shape:
+                self._pole_full = np.nan_to_num(reader.read("pole_hole").astype(np.float64)) != 0
             if mask.shape != tuple(self.frame_shape):
                 raise UserError(f"{path}: land_mask is {mask.shape[0]}x{mask.shape[1]}, expected "
                                 f"{self.frame_shape[0]}x{self.frame_shape[1]} like {self.path}")
@@ -280,6 +300,50 @@ class ConsolidatedSICDataset(Dataset):
         finally:
             reader.close()
         return np.nan_to_num(mask.astype(np.float64)) != 0
+
+    def _drop_unobserved(self, max_missing_fraction):
+        """Drop the samples with a day whose unobserved fraction (fill_flag != observed, over the ROI's
+        pixels that are neither land (flag or land_mask) nor pole hole) exceeds max_missing_fraction."""
+        if isinstance(max_missing_fraction, bool) or not isinstance(max_missing_fraction, (int, float, np.number)) \
+                or not 0 <= max_missing_fraction <= 1:
+            raise UserError(f"max_missing_fraction: expected a fraction between 0 and 1, got {max_missing_fraction!r}")
+        self.max_missing_fraction = float(max_missing_fraction)
+        self.unobserved_fraction = np.full(len(self.times), np.nan)
+        self.n_too_unobserved = 0
+        if self.max_missing_fraction >= 1:
+            return
+        reader = open_consolidated(self.path)
+        try:
+            if "fill_flag" not in reader.variables:
+                warnings.warn(f"{self.path}: no fill_flag variable: max_missing_fraction cannot be applied "
+                              "(only days in missing_dates are known to be missing)", stacklevel=3)
+                return
+            needed = self._needed_indices()
+            for t in tqdm(needed, desc="fill_flag", unit="day", disable=len(needed) < 50):
+                self.unobserved_fraction[t] = self._unobserved(reader.read("fill_flag", (int(t),) + self._window))
+        finally:
+            reader.close()
+        too_many = self.unobserved_fraction > self.max_missing_fraction
+        too_many[np.isin(self.times, self.missing_dates)] = False  # days with no file: skip_missing decides
+        drop = too_many[self.input_indices].any(axis=1) | too_many[self.target_indices].any(axis=1)
+        self.n_too_unobserved = int(drop.sum())
+        if drop.all():
+            worst = [f"{self.times[t]} ({self.unobserved_fraction[t]:.2f})" for t in np.flatnonzero(too_many)[:5]]
+            raise UserError(f"all {len(drop)} samples in {self.start_time}..{self.end_time} have a day with more "
+                            f"than max_missing_fraction={self.max_missing_fraction:g} of its pixels not observed "
+                            f"(e.g. {', '.join(worst)}); raise max_missing_fraction (sea_ice.max_missing_fraction)")
+        self.input_indices, self.target_indices = self.input_indices[~drop], self.target_indices[~drop]
+
+    def _unobserved(self, flag):
+        """Fraction of the pixels of one fill_flag frame (h, w) that are neither land nor pole hole and were
+        not observed; NaN when there is no such pixel."""
+        counted = (flag != FLAG_LAND) & (flag != FLAG_POLE_HOLE)
+        if self._land is not None:
+            counted &= ~self._land
+        if self._pole is not None:
+            counted &= ~self._pole
+        n = np.count_nonzero(counted)
+        return np.count_nonzero(counted & (flag != FLAG_OBSERVED)) / n if n else np.nan
 
     def _needed_indices(self):
         return np.unique(np.concatenate([self.input_indices.ravel(), self.target_indices.ravel()]))

@@ -16,35 +16,34 @@ import argparse
 import numpy as np
 
 import plotting
-from config import UserError, add_config_arg, load_params, run_main
-from asi_files import to_date
+from config import UserError, add_config_arg, load_params, path_arg, run_main
+from asi_files import date_flag
+from visualization import read_sea_ice_field
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_config_arg(parser)
-    parser.add_argument("--original_file", required=True, metavar="PATH",
+    add_config_arg(parser, builtin_defaults=True)
+    parser.add_argument("--original_file", required=True, metavar="PATH", type=path_arg,
                         help="one Bremen ASI day .nc (z (y, x) in %%, NaN gaps)")
-    parser.add_argument("--consolidated_file", metavar="PATH",
+    parser.add_argument("--consolidated_file", metavar="PATH", type=path_arg,
                         help="consolidate_data.py output, .nc or .zarr (sea_ice_conc (time, y, x) fraction; "
                              "default: sea_ice.consolidated_file in params.json)")
     parser.add_argument("--date", required=True, metavar="YYYYMMDD", help="the day to compare")
-    parser.add_argument("--output_file", metavar="PATH",
+    parser.add_argument("--output_file", metavar="PATH", type=path_arg,
                         help="PNG to write (default: <paths.outputs>/plots/interpolation_comparison_<date>.png)")
     args = parser.parse_args(argv)
-    date = int(f"{to_date(args.date):%Y%m%d}")
+    date = date_flag("--date", args.date)
     params = None
     if args.consolidated_file is None or args.output_file is None:
-        params = load_params(args.config)
+        params = load_params(args.config, builtin_defaults=True)
     consolidated_file = args.consolidated_file or params["sea_ice"]["consolidated_file"]
 
-    day = plotting.open_dataset(args.original_file)
-    z = plotting.require_var(day, "z", args.original_file, ("y", "x"))
-    original = np.asarray(z.values, dtype=np.float32)
-    file_date = day.attrs.get("date")
-    if file_date is not None and str(file_date) != str(date):
+    original, grid, file_date, kind = read_sea_ice_field(args.original_file)  # checked as every script reads it
+    if kind != "day":
+        raise UserError(f"--original_file {args.original_file}: a consolidated file, expected one Bremen ASI day")
+    if file_date is not None and file_date != date:
         raise UserError(f"{args.original_file}: holds day {file_date}, not --date {date}")
-    grid = plotting.read_grid(day, "z", args.original_file)
 
     ds = plotting.open_dataset(consolidated_file)
     conc = plotting.require_var(ds, "sea_ice_conc", consolidated_file, ("time", "y", "x"))

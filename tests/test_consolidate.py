@@ -128,10 +128,10 @@ def test_read_failure_after_scan_is_a_missing_day(source, tmp_path, monkeypatch)
     broken = os.path.join(source["dir"], generate_data.asi_filename(20240325))
     real_read = consolidate_data.read_day
 
-    def read_frame(path):
+    def read_frame(path, **kwargs):
         if path == broken:
             raise OSError("HDF5 error: bad chunk")
-        return real_read(path)
+        return real_read(path, **kwargs)
 
     monkeypatch.setattr(consolidate_data, "read_day", read_frame)
     ds = load(run(source["dir"], tmp_path / "out.zarr", "--batch_size", 4))
@@ -235,7 +235,7 @@ def test_cf_output_readable_by_xarray(asi_days, tmp_path):
     assert ds.x.attrs == source_x_attrs
     np.testing.assert_array_equal(ds.x.values, asi_days["x"])
     np.testing.assert_array_equal(ds.y.values, asi_days["y"])
-    assert ds.fill_flag.attrs["flag_meanings"] == "observed time_linear gaussian no_neighbour land"
+    assert ds.fill_flag.attrs["flag_meanings"] == "observed time_linear gaussian no_neighbour land pole_hole"
     for key, value in DEFAULTS.items():
         assert ds.attrs[key] == value
     assert ds.missing_dates.values.tolist() == [20240405, 20240406]
@@ -288,7 +288,7 @@ def test_errors_exit_2_without_traceback(tmp_path):
 def test_user_errors(source, asi_days, tmp_path):
     out = tmp_path / "out.nc"
     cases = [
-        ((source["dir"], out), {"start": "2024031x"}, r"--start_date '2024031x': expected a date as YYYYMMDD"),
+        ((source["dir"], out), {"start": "2024031x"}, r"--start_date '2024031x': expected a calendar day as YYYYMMDD"),
         ((source["dir"], out), {"start": 20240410, "end": 20240401}, "before start date"),
         ((source["dir"], out), {"start": 20200101, "end": 20200110}, "no readable asi-AMSR2-n3125-"),
         ((source["dir"], out, "--batch_size", 0), {}, r"--batch_size: sea_ice.batch_size: expected a value >= 1"),
@@ -318,3 +318,71 @@ def test_user_errors(source, asi_days, tmp_path):
     with pytest.raises(UserError, match="exists and is not a Zarr store"):
         run(source["dir"], folder)
     assert (folder / "notes.txt").read_text() == "mine"
+
+
+# --------------------------------------------------------------------------- the pole hole
+def pole_days(folder, n_days=4, hole=1, size=15):
+    """size x size days centred on the pole: a (2 hole + 1)^2 pole hole NaN every day, land in one corner,
+    ice values that differ by pixel and day. Returns (x, y, land, hole mask, values (T, H, W) in %)."""
+    x = y = (np.arange(size) - size // 2) * 25e3  # the pole at the centre pixel
+    rng = np.random.default_rng(1)
+    values = rng.uniform(85, 99, (n_days, size, size)).astype(np.float32)
+    land = np.zeros((size, size), bool)
+    land[:3, :4] = True
+    centre = size // 2
+    pole = np.zeros((size, size), bool)
+    pole[centre - hole:centre + hole + 1, centre - hole:centre + hole + 1] = True
+    values[:, land | pole] = np.nan
+    for k, day in enumerate(generate_data.date_range(20240401, 20240400 + n_days)):
+        generate_data.write_asi_day(os.path.join(folder, generate_data.asi_filename(day)), values[k], x, y, day)
+    return x, y, land, pole, values
+
+
+def test_pole_hole_has_its_own_flag_and_is_filled_from_its_rim(tmp_path):
+    os.makedirs(tmp_path / "days")
+    x, y, land, pole, values = pole_days(str(tmp_path / "days"))
+    import create_mask
+    mask_file = str(tmp_path / "mask.nc")
+    assert create_mask.main(["--config", os.path.join(ROOT, "params.json"), "--source_dir", str(tmp_path / "days"),
+                             "--start_date", "20240401", "--end_date", "20240404", "--output_file", mask_file]) == 0
+    with xr.open_dataset(mask_file) as ds:
+        np.testing.assert_array_equal(ds.pole_hole.values.astype(bool), pole)
+        np.testing.assert_array_equal(ds.land_mask.values.astype(bool), land)
+    out = run(str(tmp_path / "days"), tmp_path / "c.nc", "--land_mask_file", mask_file, start=20240401, end=20240404)
+    ds = load(out)
+    flags, conc = ds.fill_flag.values, ds.sea_ice_conc.values
+    assert (flags[:, pole] == 5).all() and (flags[:, land] == 4).all() and (flags[:, ~pole & ~land] == 0).all()
+    assert (conc[:, land] == 0).all()
+    # brute force: the mean of the observed values within Manhattan distance 3 of the hole (not land)
+    rows, cols = np.nonzero(pole)
+    for t in range(4):
+        ring = [values[t, i, j] for i in range(15) for j in range(15)
+                if not pole[i, j] and not land[i, j] and np.min(np.abs(rows - i) + np.abs(cols - j)) <= 3]
+        np.testing.assert_allclose(conc[t, pole], np.mean(ring) / 100, rtol=1e-6)
+        assert conc[t, pole].min() > 0.85  # surrounded by ice: never 0 %
+    assert ds.fill_flag.attrs["flag_meanings"].split()[5] == "pole_hole"
+
+
+def test_pole_hole_without_a_rim_value_stays_missing(tmp_path, capsys):
+    """One day whose only value is far from the pole, space_window 1: no rim value -> NaN (missing), not 0."""
+    os.makedirs(tmp_path / "days")
+    size = 15
+    x = y = (np.arange(size) - size // 2) * 25e3
+    z = np.full((size, size), np.nan, np.float32)
+    z[0, size - 1] = 50.0
+    generate_data.write_asi_day(str(tmp_path / "days" / generate_data.asi_filename(20240401)), z, x, y, 20240401)
+    pole = np.zeros((size, size), bool)
+    pole[6:9, 6:9] = True
+    mask_file = str(tmp_path / "mask.nc")
+    with netCDF4.Dataset(mask_file, "w") as nc:
+        nc.createDimension("y", size)
+        nc.createDimension("x", size)
+        nc.createVariable("x", "f8", ("x",))[:] = x
+        nc.createVariable("y", "f8", ("y",))[:] = y
+        nc.createVariable("land_mask", "u1", ("y", "x"))[:] = 0
+        nc.createVariable("pole_hole", "u1", ("y", "x"))[:] = pole.astype(np.uint8)
+    ds = load(run(str(tmp_path / "days"), tmp_path / "c.nc", "--land_mask_file", mask_file, "--space_window", 1,
+                  start=20240401, end=20240401))
+    assert np.isnan(ds.sea_ice_conc.values[0][pole]).all() and (ds.fill_flag.values[0][pole] == 5).all()
+    assert not np.isnan(ds.sea_ice_conc.values[0][~pole]).any()
+    assert "pole hole (NaN on 1 days: no value on its rim)" in capsys.readouterr().out

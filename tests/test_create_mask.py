@@ -45,15 +45,19 @@ def test_mask_of_generated_days(asi_days, tmp_path, capsys):
         assert (ds.attrs["first_date"], ds.attrs["last_date"]) == ("20240401", "20240410")
         assert ds.attrs["missing_dates"] == "20240405,20240406"
 
-    # the generator's own model: a pixel is NaN on land, in the pole hole and in that day's swath gaps
+    # the generator's own model: a pixel is NaN on land, in the pole hole and in that day's swath gaps;
+    # NaN on at least 85 % of the days: land, except the always-NaN region at the pole (its own flag)
     world = generate_data.SyntheticArctic(3, (112, 76))
     days = [d for d in asi_days["dates"] if d not in asi_days["absent"]]
-    expected = np.mean([world.land | world.gaps(d) for d in days], axis=0) > 0.85
-    np.testing.assert_array_equal(mask, expected)
-    assert mask[world.land].all()  # all land is land ...
-    extra = mask & ~world.land
-    assert (world.r[extra] < world.pole_hole_m).all()  # ... and the only non-land is the pole hole
-    assert extra.sum() <= 4
+    always_nan = np.mean([world.land | world.gaps(d) for d in days], axis=0) >= 0.85
+    generator_pole = world.r < world.pole_hole_m
+    with xr.open_dataset(out) as ds:
+        pole = ds["pole_hole"].values.astype(bool)
+        assert ds["pole_hole"].dtype == np.uint8
+    np.testing.assert_array_equal(pole, always_nan & generator_pole)
+    np.testing.assert_array_equal(mask, always_nan & ~generator_pole)
+    assert 1 <= pole.sum() <= 4 and not (mask & pole).any()
+    np.testing.assert_array_equal(mask, world.land)  # all land is land, and nothing else is
 
 
 def write_pattern_days(folder, nan_counts, n_days=4, start=dt.date(2024, 4, 1)):
@@ -72,28 +76,29 @@ NAN_COUNTS = np.array([[0, 1, 2], [3, 4, 2]])  # of 4 days: frequencies 0, .25, 
 
 
 @pytest.mark.parametrize("threshold, land", [
-    ("0.5", [[0, 0, 0], [1, 1, 0]]),    # strictly above: 0.5 itself is not land
+    ("0.5", [[0, 0, 1], [1, 1, 1]]),    # at least the threshold, as in the seed: 0.5 itself is land
     ("0.49", [[0, 0, 1], [1, 1, 1]]),
-    ("0.75", [[0, 0, 0], [0, 1, 0]]),
-    ("0", [[0, 1, 1], [1, 1, 1]]),
-    ("1", [[0, 0, 0], [0, 0, 0]]),
+    ("0.75", [[0, 0, 0], [1, 1, 0]]),
+    ("0", [[1, 1, 1], [1, 1, 1]]),
+    ("1", [[0, 0, 0], [0, 1, 0]]),      # NaN every day is land (the README's rule), even at threshold 1
 ])
-def test_threshold_is_strict(tmp_path, threshold, land):
+def test_threshold_is_at_least(tmp_path, threshold, land):
     folder = write_pattern_days(tmp_path / "days", NAN_COUNTS)
     out = str(tmp_path / "mask.nc")
     run_mask(folder, out, end="20240404", extra=["--threshold", threshold])
     with xr.open_dataset(out) as ds:
         np.testing.assert_array_equal(ds["nan_frequency"].values, NAN_COUNTS / 4)
         np.testing.assert_array_equal(ds["land_mask"].values, land)
+        assert not ds["pole_hole"].values.any()  # 3.5 Mm pixels: nothing near the pole is a pole hole
 
 
-def test_frequency_equal_to_threshold_is_not_land(tmp_path):
+def test_frequency_equal_to_threshold_is_land(tmp_path):
     counts = np.array([[16, 17, 18], [0, 20, 17]])  # of 20 days: 17/20 = 0.85 exactly in decimal
     folder = write_pattern_days(tmp_path / "days", counts, n_days=20)
     out = str(tmp_path / "mask.nc")
     run_mask(folder, out, end="20240420", extra=["--threshold", "0.85"])
     with xr.open_dataset(out) as ds:
-        np.testing.assert_array_equal(ds["land_mask"].values, [[0, 0, 1], [0, 1, 0]])
+        np.testing.assert_array_equal(ds["land_mask"].values, [[0, 1, 1], [0, 1, 1]])
         np.testing.assert_array_equal(ds["nan_frequency"].values, (counts / 20).astype(np.float32))
 
 
@@ -144,13 +149,13 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path):
 
     result = run_script("--source_dir", folder, "--start_date", "20250101", "--end_date", "20250103",
                         "--output_file", str(tmp_path / "mask.nc"))
-    assert result.returncode == 2 and "no readable asi-AMSR2-n3125-*.nc file" in result.stderr
+    assert result.returncode == 2 and "no readable asi-AMSR2-n3125-*-v5.4.nc file" in result.stderr
     assert "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize("args, message", [
     (["--threshold", "1.5"], "expected a fraction between 0 and 1"),
-    (["--start_date", "2024-04-01"], "--start_date '2024-04-01': expected a date as YYYYMMDD"),
+    (["--start_date", "2024-04-01"], "--start_date '2024-04-01': expected a calendar day as YYYYMMDD"),
     (["--source_dir", "/nonexistent/folder"], "folder not found"),
 ])
 def test_bad_flags(asi_days, tmp_path, capsys, args, message):

@@ -1,10 +1,14 @@
 """download.py against the loopback mirror (mirror_server.py) with injected faults; no other network."""
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
 
+import netCDF4
+import numpy as np
 import pytest
 
 from conftest import ROOT
@@ -227,16 +231,17 @@ def test_interrupted_run_keeps_part_and_next_run_resumes(upstream, tmp_path):
 
 
 def test_upstream_file_that_is_not_netcdf_fails(upstream, tmp_path, capsys):
-    """Complete length but not NetCDF: never renamed, no .part left, exit 1."""
+    """A 200 answer of complete length that is not NetCDF: a permanent failure (not retried), never
+    renamed, no .part left, exit 1."""
     day = DAYS[0]
     archive = tmp_path / "archive"
     os.makedirs(archive)
     (archive / name(day)).write_bytes(b"x" * 5000)
     with MirrorServer(str(archive)) as srv:
         assert run(srv, tmp_path / "data", "--retries", "1", start=day, end=day) == 1
-        assert len(gets_for(srv, day)) == 2
+        assert len(gets_for(srv, day)) == 1
     out = capsys.readouterr()
-    assert f"1 failed ({day})" in out.out and "not a NetCDF file" in out.err
+    assert f"1 failed ({day})" in out.out and "answered 200 with a file that is not a NetCDF file" in out.err
     assert os.listdir(tmp_path / "data") == []
 
 
@@ -295,7 +300,7 @@ def test_bad_date_is_one_line_exit_2(tmp_path):
                            "--start_date", "20241301", "--end_date", "20241302", "-o", str(tmp_path),
                            "--base_url", "http://127.0.0.1:9"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "error: --start_date '20241301': expected a date as YYYYMMDD"
+    assert proc.stderr.strip() == "error: --start_date '20241301': expected a calendar day as YYYYMMDD (8 digits)"
     assert os.listdir(tmp_path) == []
 
 
@@ -318,3 +323,135 @@ def test_help_documents_every_flag(capsys):
                  "--workers", "--retries", "--timeout", "--backoff", "--config"):
         assert flag in text
     assert text.count("default") >= 10
+
+
+# --------------------------------------------------------------------------- permanent failures, early stop
+TEN_DAYS = ("20240401", "20240410")
+
+
+def no_dns(monkeypatch):
+    """Resolve only loopback names; any other lookup fails as an unknown host would, without a DNS query.
+    Returns the list of names that were looked up."""
+    real, asked = socket.getaddrinfo, []
+
+    def getaddrinfo(host, *args, **kwargs):
+        if host in ("127.0.0.1", "localhost", "::1"):
+            return real(host, *args, **kwargs)
+        asked.append(host)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return asked
+
+
+def check_stopped_early(out, n_days, kind):
+    """Failed and not-tried days of the summary; the early stop names the shared `kind`."""
+    line = [l for l in out.out.splitlines() if l.startswith("download:")][0]
+    failed = int(re.search(r"(\d+) failed", line).group(1))
+    not_tried = int(re.search(r"(\d+) not done", line).group(1))
+    assert "0 downloaded, 0 already present, 0 absent upstream" in line
+    # a day starts only while fewer than EARLY_STOP_DAYS have failed alike; up to 3 more were in flight
+    assert download.EARLY_STOP_DAYS <= failed <= download.EARLY_STOP_DAYS + 3 and failed + not_tried == n_days
+    assert f"stopped early: the first {failed} days all failed the same way ({kind})" in out.err
+    return failed
+
+
+def test_host_that_does_not_resolve_fails_fast_and_stops(tmp_path, capsys, monkeypatch):
+    asked = no_dns(monkeypatch)
+    t0 = time.perf_counter()
+    status = download.main(["--config", PARAMS, "--start_date", TEN_DAYS[0], "--end_date", TEN_DAYS[1],
+                            "-o", str(tmp_path), "--base_url", "http://archive.example.invalid/netcdf",
+                            "--retries", "5", "--backoff", "1"])
+    assert status == 1 and time.perf_counter() - t0 < 5  # no retry, no backoff: a DNS failure is permanent
+    failed = check_stopped_early(capsys.readouterr(), 10, "host archive.example.invalid does not resolve")
+    assert asked == ["archive.example.invalid"] * failed  # one lookup per day tried, no retry
+    assert os.listdir(tmp_path) == []
+
+
+def test_port_that_refuses_fails_fast_and_stops(tmp_path, capsys, monkeypatch):
+    no_dns(monkeypatch)
+    with socket.socket() as sock:  # a loopback port that nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    t0 = time.perf_counter()
+    status = download.main(["--config", PARAMS, "--start_date", TEN_DAYS[0], "--end_date", TEN_DAYS[1],
+                            "-o", str(tmp_path), "--base_url", f"http://127.0.0.1:{port}/netcdf",
+                            "--retries", "5", "--backoff", "1"])
+    assert status == 1 and time.perf_counter() - t0 < 5
+    check_stopped_early(capsys.readouterr(), 10, f"connection refused by 127.0.0.1:{port}")
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("content, kind", [
+    (b"<html><body>Welcome</body></html>" * 50, "the server sends files that are not NetCDF"),
+    ("no_z", "the server sends files that are not Bremen ASI days"),
+])
+def test_answers_that_are_not_asi_days_are_permanent(tmp_path, capsys, monkeypatch, content, kind):
+    """Every day answers 200 with an HTML page (a wrong --base_url) or a NetCDF file without z: each day
+    is fetched once (no retry), the run stops early, nothing gets a final name."""
+    no_dns(monkeypatch)
+    archive = tmp_path / "archive"
+    os.makedirs(archive)
+    for day in generate_data.date_range(*TEN_DAYS):
+        path = archive / name(day)
+        if content == "no_z":
+            with netCDF4.Dataset(path, "w") as nc:
+                nc.createDimension("y", 4)
+                nc.createVariable("sic", "f4", ("y",))[:] = 50.0
+        else:
+            path.write_bytes(content)
+    with MirrorServer(str(archive)) as srv:
+        assert run(srv, tmp_path / "data", "--retries", "3", start=TEN_DAYS[0], end=TEN_DAYS[1]) == 1
+        failed = check_stopped_early(capsys.readouterr(), 10, kind)
+        gets = [r[1] for r in srv.requests if r[0] == "GET"]
+        assert len(gets) == len(set(gets)) and failed <= len(gets) <= failed + 3  # once per day; 3 cut short
+    assert all(f.endswith(".part") for f in os.listdir(tmp_path / "data"))  # nothing gets a final name
+
+
+def test_transient_failure_of_every_day_stops_early_too(upstream, tmp_path, capsys):
+    with MirrorServer(upstream) as srv:
+        for day in DAYS:
+            srv.add_fault(name(day), "503", "503")
+        assert run(srv, tmp_path, "--retries", "1", "--workers", "1") == 1
+        failed = check_stopped_early(capsys.readouterr(), 6, "HTTP 503")
+        assert failed == 3 and len(srv.requests) == 3 * 2  # three days, two attempts each, then the stop
+
+
+def test_no_early_stop_when_a_day_succeeds(upstream, tmp_path, capsys):
+    with MirrorServer(upstream) as srv:
+        for day in DAYS[1:]:
+            srv.add_fault(name(day), "403")
+        assert run(srv, tmp_path, "--workers", "1") == 1
+    out = capsys.readouterr()
+    assert f"1 downloaded, 0 already present, 1 absent upstream ({ABSENT}), 4 failed" in out.out
+    assert "stopped early" not in out.err and "not done" not in out.out
+
+
+@pytest.mark.parametrize("local", ["no_z", "classic", "y_missing"])
+def test_local_file_that_is_not_an_asi_day_is_not_present(upstream, tmp_path, capsys, local):
+    """A NetCDF file under the day's name that is not a Bremen ASI day (no z; NetCDF-3, whose truncation
+    cannot be seen; no y coordinate) is never 'already present': fetched again and replaced."""
+    day = DAYS[0]
+    path = tmp_path / name(day)
+    with netCDF4.Dataset(path, "w", format="NETCDF3_CLASSIC" if local == "classic" else "NETCDF4") as nc:
+        nc.createDimension("y", 56)
+        nc.createDimension("x", 38)
+        nc.createVariable("x", "f8", ("x",))[:] = np.arange(38.0)
+        if local != "y_missing":
+            nc.createVariable("y", "f8", ("y",))[:] = np.arange(56.0)
+        if local != "no_z":
+            nc.createVariable("z", "f4", ("y", "x"))[:] = 50.0
+    with MirrorServer(upstream) as srv:
+        assert run(srv, tmp_path, start=day, end=day) == 0
+        assert gets_for(srv, day) == [(None, 200)]
+    assert data_of(tmp_path, day) == data_of(upstream, day)
+    assert "1 downloaded, 0 already present" in summary(capsys)
+
+
+def test_output_dir_under_a_file_is_one_line(tmp_path):
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "download.py"), "--config", PARAMS,
+                           "--start_date", "20240401", "--end_date", "20240401", "-o", str(blocker / "data"),
+                           "--base_url", "http://127.0.0.1:9"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == f"error: -o {blocker / 'data'}: {blocker} is a file, expected a folder"

@@ -93,7 +93,7 @@ def test_same_seed_same_bytes_other_seed_other_field(tmp_path):
 
 
 def test_bad_dates_are_user_errors():
-    with pytest.raises(gd.UserError, match="'2024-04-01': expected a date as YYYYMMDD"):
+    with pytest.raises(gd.UserError, match="'2024-04-01': expected a calendar day as YYYYMMDD"):
         gd.to_date("2024-04-01")
     with pytest.raises(gd.UserError, match="end date 20240101 is before start date 20240102"):
         gd.date_range(20240102, 20240101)

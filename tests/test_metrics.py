@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+import baselines
 import metrics
 
 pysteps_verification = pytest.importorskip("pysteps.verification")
@@ -451,3 +452,119 @@ def test_continuous_accumulator_is_stable_for_large_offsets():
     acc.update(pred[:1], obs[:1])
     acc.update(pred[1:], obs[1:])
     assert acc.scores()["corr"] == pytest.approx(metrics.pearson_r(pred, obs), rel=1e-8)
+
+
+# --------------------------------------------------------------------------- masked arrays are missing data
+def masked_field(value=2.0, under=-9999.0, shape=(16, 16), columns=6):
+    """A field at `value` whose first `columns` columns are masked, with `under` beneath the mask."""
+    data = np.full(shape, value)
+    data[..., :columns] = under
+    mask = np.zeros(shape, bool)
+    mask[..., :columns] = True
+    return np.ma.masked_array(data, mask=mask)
+
+
+def test_masked_pixels_are_missing_issue_values():
+    """The issue's input: a perfect forecast of a 16 x 16 field at 2 mm/h whose left 6 columns are masked
+    (-9999 underneath). Before: MSE 3.75e7, CSI 0.625, FSS 0.791. Right: MSE 0, CSI 1, FSS 1."""
+    obs, pred = masked_field(), np.full((16, 16), 2.0)
+    assert metrics.mse(pred, obs) == 0.0
+    assert metrics.categorical(pred, obs, 1.0)["csi"] == 1.0
+    assert metrics.fss(pred, obs, 1.0, 5) == 1.0
+    assert metrics.contingency_table(pred, obs, 1.0)["hits"] == 16 * 10  # only the 10 unmasked columns count
+    acc = metrics.ContinuousAccumulator()
+    acc.update(pred, obs)
+    assert acc.scores()["mse"] == 0.0 and acc.scores()["n"] == 160
+
+
+def test_persistence_and_extrapolation_forecast_nan_under_the_mask():
+    inputs = np.ma.stack([masked_field(under=9.97e36) for _ in range(3)])  # netCDF4's default fill beneath
+    for method in (baselines.persistence, baselines.extrapolation):
+        forecast = method(inputs, 2)
+        assert forecast.shape == (2, 16, 16) and not isinstance(forecast, np.ma.MaskedArray)
+        assert np.isnan(forecast[..., :6]).all(), method.__name__
+        np.testing.assert_allclose(forecast[..., 7:], 2.0)  # column 6 may mix with the NaN side (bilinear)
+    field = masked_field(under=9.97e36)
+    assert np.isnan(baselines.advect(field, np.zeros((2, 16, 16)), 1)[0][:, :6]).all()
+    np.testing.assert_array_equal(baselines.motion_field(np.ma.stack([field, field])),
+                                  baselines.motion_field(np.stack([np.where(field.mask, np.nan, 2.0)] * 2)))
+
+
+def _entry_points():
+    """(name, call(pred, obs, mask=None, land=None)) for every score and accumulator of metrics.py."""
+    def accumulate(cls, *args):
+        def call(p, o, m=None, land=None):
+            acc = cls(*args, lead_axis=0)
+            acc.update(p, o, mask=m)
+            acc.update(p, o, mask=m)
+            return acc.scores()
+        return call
+    return [
+        ("valid_pixels", lambda p, o, m=None, land=None: metrics.valid_pixels(p, o, m)),
+        ("contingency_table", lambda p, o, m=None, land=None: metrics.contingency_table(p, o, 1.0, m)),
+        ("categorical", lambda p, o, m=None, land=None: metrics.categorical(p, o, 1.0, m)),
+        ("mse", lambda p, o, m=None, land=None: metrics.mse(p, o, m)),
+        ("rmse", lambda p, o, m=None, land=None: metrics.rmse(p, o, m)),
+        ("mae", lambda p, o, m=None, land=None: metrics.mae(p, o, m)),
+        ("mean_error", lambda p, o, m=None, land=None: metrics.mean_error(p, o, m)),
+        ("pearson_r", lambda p, o, m=None, land=None: metrics.pearson_r(p, o, m)),
+        ("pmse", lambda p, o, m=None, land=None: metrics.pmse(p, o, m)),
+        ("continuous_scores", lambda p, o, m=None, land=None: metrics.continuous_scores(p, o, m)),
+        ("fss", lambda p, o, m=None, land=None: metrics.fss(p, o, 1.0, 3, m)),
+        ("psnr", lambda p, o, m=None, land=None: metrics.psnr(p, o, 10.0, m)),
+        ("ssim", lambda p, o, m=None, land=None: metrics.ssim(p, o, 10.0, m)),
+        ("negative_count", lambda p, o, m=None, land=None: metrics.negative_count(p - 3, m)),
+        ("mass_violation", lambda p, o, m=None, land=None: metrics.mass_violation(p, o, m, block=4)),
+        ("crps_ensemble", lambda p, o, m=None, land=None: metrics.crps_ensemble(np.ma.stack([p, p + 1]) if
+                                                                                 isinstance(p, np.ma.MaskedArray)
+                                                                                 else np.stack([p, p + 1]), o, m)),
+        ("sea_ice_scores", lambda p, o, m=None, land=None: metrics.sea_ice_scores(p / 40, o / 40, land)),
+        ("ice_binary_accuracy", lambda p, o, m=None, land=None: metrics.ice_binary_accuracy(p / 40, o / 40, land)),
+        ("iiee", lambda p, o, m=None, land=None: metrics.iiee(p / 40, o / 40, 9.77, land)),
+        ("ContingencyAccumulator", accumulate(metrics.ContingencyAccumulator, [0.5, 1.0])),
+        ("ContinuousAccumulator", accumulate(metrics.ContinuousAccumulator)),
+        ("FSSAccumulator", accumulate(metrics.FSSAccumulator, [1.0], [1, 3])),
+    ]
+
+
+def _same(a, b):
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for key in a:
+            _same(a[key], b[key])
+    else:
+        np.testing.assert_array_equal(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64))
+
+
+@pytest.mark.parametrize("name, call", _entry_points(), ids=[n for n, _ in _entry_points()])
+def test_every_score_treats_masked_entries_as_nan(name, call):
+    """Reference: the same arrays with NaN where masked (an unmasked pixel mask, land_mask False there)."""
+    rng = np.random.default_rng(3)
+    shape = (2, 16, 16)
+    pred_data, obs_data = rng.gamma(1.0, 2.0, shape), rng.gamma(1.0, 2.0, shape)
+    pred_hidden, obs_hidden = rng.random(shape) < 0.2, rng.random(shape) < 0.2
+    pred_masked = np.ma.masked_array(np.where(pred_hidden, -9999.0, pred_data), mask=pred_hidden)
+    obs_masked = np.ma.masked_array(np.where(obs_hidden, 1e20, obs_data), mask=obs_hidden)
+    pred_nan, obs_nan = np.where(pred_hidden, np.nan, pred_data), np.where(obs_hidden, np.nan, obs_data)
+    _same(call(pred_masked, obs_masked), call(pred_nan, obs_nan))
+    # a masked pixel mask leaves the pixel out; a masked land mask entry counts as land (left out too)
+    keep = rng.random((16, 16)) < 0.8
+    unknown = rng.random((16, 16)) < 0.1
+    _same(call(pred_nan, obs_nan, np.ma.masked_array(keep, mask=unknown)), call(pred_nan, obs_nan, keep & ~unknown))
+    land = rng.random((16, 16)) < 0.2
+    _same(call(pred_nan, obs_nan, None, np.ma.masked_array(land, mask=unknown)),
+          call(pred_nan, obs_nan, None, land | unknown))
+
+
+def test_every_public_score_and_baseline_is_covered():
+    """A new score or baseline must go through missing_as_nan too (and be in _entry_points)."""
+    import inspect
+    helpers = {"categorical_scores", "missing_as_nan", "masked_as_missing"}
+    scores = {n for n, f in inspect.getmembers(metrics, inspect.isfunction)
+              if not n.startswith("_") and f.__module__ == "metrics" and n not in helpers}
+    assert all(hasattr(getattr(metrics, n), "__wrapped__") for n in scores), scores
+    assert scores - {"events"} <= {n for n, _ in _entry_points()}
+    for cls in (metrics.ContingencyAccumulator, metrics.ContinuousAccumulator, metrics.FSSAccumulator):
+        assert hasattr(cls.update, "__wrapped__")
+    for name in ("persistence", "extrapolation", "motion_field", "advect"):
+        assert hasattr(getattr(baselines, name), "__wrapped__")

@@ -424,7 +424,96 @@ def test_make_readme_figures(tmp_path):
                            "--run_dir", str(run), "--size", "224x152", "--asset_dir", str(assets)],
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    for name in ("sea_ice_20240417.png", "train_curves.png", "verification_csi.png"):
+    for name in ("sea_ice_20240417.png", "train_curves.png", "verification_csi.png", "interpolation_comparison.png"):
         pixels = png(str(assets / name))
         assert pixels.shape[1] <= 1100 and pixels.std() > 10
     assert "figures to" in proc.stdout.splitlines()[-1]
+    # the headline before/after figure shows the core (Gaussian) fill, not only the time-linear stage
+    assert "the most Gaussian-filled pixels" in proc.stdout
+    pixels = png(str(assets / "interpolation_comparison.png")).astype(int)
+    orange = np.all(np.abs(pixels - (0xFF, 0x7F, 0x0E)) <= 12, axis=-1)  # fill_flag 2, after the palette
+    assert orange.sum() > 200
+
+
+# --------------------------------------------------------------------------- land, no data, missing days
+def test_consolidated_map_draws_land_and_no_data_distinctly(asi_days, tmp_path, monkeypatch, capsys):
+    """Land (fill_flag 4, stored 0) is drawn as land, no neighbour (3) and the pole hole (5) as no data, never
+    as open water; the title says when the day had no file."""
+    store = write_consolidated(asi_days, str(tmp_path / "sic.nc"))
+    with xr.open_dataset(store) as ds:
+        ds = ds.load()
+    flag = ds.fill_flag.values.copy()
+    flag[:, 50:52, 36:40] = 5  # pole hole
+    flag[:, 0:3, 70:76] = 3  # no neighbour
+    ds["fill_flag"] = (("time", "y", "x"), flag)
+    ds.to_netcdf(str(tmp_path / "flags.nc"))
+    seen = {}
+    real = plotting.plot_sea_ice_map
+
+    def spy(z, grid, out_path, **kwargs):
+        seen.update(z=np.array(z), **kwargs)
+        return real(z, grid, out_path, **kwargs)
+
+    monkeypatch.setattr(plotting, "plot_sea_ice_map", spy)
+    for date, missing in ((20240407, False), (20240405, True)):
+        out = tmp_path / f"{date}.png"
+        assert visualization.main(["--input_file", str(tmp_path / "flags.nc"), "--date", str(date),
+                                   "--output_file", str(out)]) == 0
+        index = ds.time.values.tolist().index(date)
+        np.testing.assert_array_equal(seen["land"], flag[index] == 4)
+        np.testing.assert_array_equal(np.isnan(seen["z"]), (flag[index] == 3) | (flag[index] == 5))
+        assert ("MISSING" in seen["title"]) == missing
+        pixels = png(str(out))
+        tan = np.all(np.abs(pixels.astype(int) - (0xB8, 0xA2, 0x7A)) <= 2, axis=-1)  # LAND_COLOUR
+        assert tan.mean() > 0.02
+
+
+def test_day_map_reads_corrected_files(asi_days, tmp_path, capsys):
+    """A day stored with y descending is drawn the right way up (and said); one with no value is all grey."""
+    import netCDF4
+    src = day_file(asi_days)
+    with netCDF4.Dataset(src) as nc:
+        z, x, y = np.ma.filled(nc["z"][:], np.nan), nc["x"][:], nc["y"][:]
+    flipped = str(tmp_path / os.path.basename(src))
+    import generate_data
+    generate_data.write_asi_day(flipped, z[::-1], x, y[::-1], DAY)
+    z_read, grid, _, _ = visualization.read_sea_ice_field(flipped)
+    np.testing.assert_array_equal(z_read, z)
+    assert (np.diff(grid.y) > 0).all() and "y descending" in capsys.readouterr().err
+    generate_data.write_asi_day(flipped, np.full(z.shape, np.nan, np.float32), x, y, DAY)
+    assert visualization.main(["--input_file", flipped, "--output_file", str(tmp_path / "empty.png")]) == 0
+    generate_data.write_asi_day(flipped, z * 3, x, y, DAY)
+    with pytest.raises(config.UserError, match="not usable as a Bremen ASI day .*outside 0..100 %"):
+        visualization.main(["--input_file", flipped, "--output_file", str(tmp_path / "bad.png")])
+
+
+@pytest.mark.parametrize("suffix", [".nc", ".zarr"])
+def test_forecast_file_of_evaluate_predict(tmp_path, capsys, suffix):
+    """The file evaluate.py --predict writes, with NaN outside coverage and a coverage variable."""
+    import datetime as dt
+    import evaluate
+    yy, xx = np.mgrid[0:40, 0:48]
+    forecast = np.stack([8.0 * np.exp(-((yy - 20) ** 2 + (xx - 10 - 4 * k) ** 2) / 30.0) for k in range(8)])
+    coverage = np.hypot(yy - 20, xx - 24) < 22
+    forecast[:, ~coverage] = np.nan
+    t0 = dt.datetime(2024, 6, 1, 12, 0)
+    path = str(tmp_path / f"case_x{suffix}")
+    evaluate.write_forecast(path, forecast.astype(np.float32), [t0 + dt.timedelta(minutes=5 * k) for k in range(1, 9)],
+                            t0, np.arange(1, 9) * 5, "case_x")
+    if suffix == ".nc":  # the coverage variable the lead adds to evaluate.py's output
+        with xr.open_dataset(path) as ds:
+            ds = ds.load()
+        ds["coverage"] = (("y", "x"), coverage.astype(np.uint8))
+        os.remove(path)
+        ds.to_netcdf(path)
+    out = tmp_path / "maps.png"
+    assert visualization.main(["--forecast", path, "--output_file", str(out)]) == 0
+    assert f"wrote {out}: forecast maps of {path}" in capsys.readouterr().out
+    width, height = plotting.FIGSIZE["forecast_panel"]
+    pixels = assert_figure(str(out), (width * 6 + 1.2, height + 0.9))  # 6 of the 8 lead times
+    grey = np.all(pixels == 158, axis=-1)  # outside coverage: no forecast
+    assert grey.mean() > 0.05
+    bad = str(tmp_path / "bad.nc")
+    xr.Dataset({"rain": (("y", "x"), np.zeros((4, 4)))}).to_netcdf(bad)
+    with pytest.raises(config.UserError, match="no variable 'rain_rate'"):
+        visualization.main(["--forecast", bad, "--output_file", str(tmp_path / "x.png")])

@@ -102,5 +102,4 @@ def test_roi_script_exit_status_2_without_files(tmp_path):
                              "--xmin", "0", "--xmax", "2", "--output_file", str(tmp_path / "r.png")],
                             capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "no readable asi-AMSR2-n3125-*.nc file for 20240401..20240402" in result.stderr
-    assert "20240401  file missing" in result.stdout
+    assert "no readable asi-AMSR2-n3125-*-v5.4.nc file for 20240401..20240402" in result.stderr

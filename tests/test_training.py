@@ -174,6 +174,16 @@ def test_sea_ice_task_trains_and_tests(tmp_path):
     task = training.SeaIceTask(config.load_params(str(cfg)))
     x, y, mask = task.unpack(next(iter(torch.utils.data.DataLoader(task.datasets["train"], batch_size=1))), "cpu")
     assert not mask[0, 0, 0, :3].any() and mask[0, 0, 0, 3:].all()
+    # the pole hole (create_mask.py's pole_hole: no data, its values filled) carries no weight either
+    with xr.open_dataset(tmp_path / "sic_mask.nc") as ds:
+        mask_ds = ds.load()
+    pole = np.zeros(mask_ds.land_mask.shape, np.uint8)
+    pole[10:13, 8:11] = 1
+    mask_ds["pole_hole"] = (("y", "x"), pole)
+    mask_ds.to_netcdf(tmp_path / "sic_mask.nc")
+    task = training.SeaIceTask(config.load_params(str(cfg)))
+    x, y, mask = task.unpack(next(iter(torch.utils.data.DataLoader(task.datasets["train"], batch_size=1))), "cpu")
+    assert not mask[0, 0, 0, 10:13, 8:11].any() and mask[0, 0, 0, 3:].sum() == (24 - 3) * 20 - 9
 
 
 def test_lagrangian_model_trains_evaluates_and_masks_inflow(processed, tmp_path):

@@ -21,7 +21,7 @@ def yyyymmdd(day):
     return int(f"{day:%Y%m%d}")
 
 
-def write_consolidated(path, sic, start=START, missing=(), times=None):
+def write_consolidated(path, sic, start=START, missing=(), times=None, flag=None):
     """Write a consolidated file in the consolidate_data.py layout (.nc NetCDF-4 or .zarr).
 
     sic: float32 (T, H, W) fraction. time int32 YYYYMMDD, every day from `start` unless
@@ -31,7 +31,7 @@ def write_consolidated(path, sic, start=START, missing=(), times=None):
     n_t, n_y, n_x = sic.shape
     if times is None:
         times = [yyyymmdd(start + dt.timedelta(days=i)) for i in range(n_t)]
-    flag = np.zeros(sic.shape, np.uint8)
+    flag = np.zeros(sic.shape, np.uint8) if flag is None else flag
     for date in missing:
         flag[times.index(date)] = 2
     grid_mapping = {"grid_mapping": "polar_stereographic"}
@@ -265,3 +265,51 @@ def test_time_axis_must_be_daily(sic, tmp_path):
     path = write_consolidated(str(tmp_path / "gappy.nc"), sic, times=times)
     with pytest.raises(UserError, match="one frame per day"):
         ConsolidatedSICDataset(path)
+
+
+# --------------------------------------------------------------------------- max_missing_fraction
+def flags_with_gaps():
+    """fill_flag (20, 12, 10): land (4) in column 0, the pole hole (5) at two pixels, so 106 pixels count;
+    day index 7 has 60 of them Gaussian-filled (60/106 = 0.566), day 9 50 time-linear (0.472)."""
+    flag = np.zeros((N_DAYS, H, W), np.uint8)
+    flag[:, :, 0] = 4
+    flag[:, 5, 5:7] = 5
+    counted = np.argwhere(flag[0] == 0)
+    for day, n, value in ((7, 60, 2), (9, 50, 1)):
+        rows, cols = counted[:n].T
+        flag[day, rows, cols] = value
+    return flag
+
+
+@pytest.mark.parametrize("limit, dropped_days", [(0.5, [20240408]), (0.47, [20240408, 20240410]),
+                                                 (0.6, []), (1.0, [])])
+def test_max_missing_fraction_drops_samples_with_a_poorly_observed_day(sic, tmp_path, limit, dropped_days):
+    path = write_consolidated(str(tmp_path / "gaps.nc"), sic, flag=flags_with_gaps())
+    p = dict(input_length=3, input_gap=1, pred_gap=1, pred_shift=1, pred_length=2, samples_gap=1)
+    dataset = ConsolidatedSICDataset(path, 20240401, 20240420, max_missing_fraction=limit, **p)
+    expected = [s for s in brute_force_samples(20240401, 20240420, **p)
+                if not set(s[0] + s[1]) & set(dropped_days)]
+    inputs, targets = dataset.GetTimes()
+    assert [(list(i), list(t)) for i, t in zip(inputs.tolist(), targets.tolist())] == expected
+    assert dataset.n_too_unobserved == len(brute_force_samples(20240401, 20240420, **p)) - len(expected)
+    if limit < 1:
+        assert dataset.unobserved_fraction[7] == pytest.approx(60 / 106) and dataset.unobserved_fraction[9] == \
+            pytest.approx(50 / 106) and dataset.unobserved_fraction[0] == 0.0
+
+
+def test_max_missing_fraction_leaves_out_land_of_the_mask_and_checks_its_value(sic, tmp_path):
+    flag = flags_with_gaps()
+    path = write_consolidated(str(tmp_path / "gaps.nc"), sic, flag=flag)
+    land = np.zeros((H, W), bool)
+    land[:, 9] = True  # 12 more land pixels from the mask: day 7 has 60 of 94 -> 0.638 (60 - the ones on land)
+    unobserved_on_land = int(((flag[7] == 2) & land).sum())
+    dataset = ConsolidatedSICDataset(path, land_mask=land, max_missing_fraction=0.5, input_length=2, pred_length=1)
+    assert dataset.unobserved_fraction[7] == pytest.approx((60 - unobserved_on_land) / 94)
+    for bad in (-0.1, 1.5, "0.5", True):
+        with pytest.raises(UserError, match="max_missing_fraction: expected a fraction between 0 and 1"):
+            ConsolidatedSICDataset(path, max_missing_fraction=bad)
+    with pytest.raises(UserError, match="raise max_missing_fraction"):
+        everything = flags_with_gaps()
+        everything[:, 1:, 1:] = 2
+        ConsolidatedSICDataset(write_consolidated(str(tmp_path / "all.nc"), sic, flag=everything),
+                               max_missing_fraction=0.5)
