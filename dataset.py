@@ -40,6 +40,7 @@ Batches (pad_collate) stack these along a new first axis B; `case` becomes a lis
   to P; the padding has coverage False.
 """
 import argparse
+import asyncio
 import glob
 import os
 
@@ -47,6 +48,7 @@ import numpy as np
 import torch
 import zarr
 from scipy import ndimage
+from zarr.core.sync import sync as zarr_sync
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, SequentialSampler
 
 import config
@@ -155,10 +157,13 @@ class ZarrPatchDataset(Dataset):
         y0, x0, size_y, size_x = self.crop(index)
         inputs, targets = window_steps(start, self.data)
         rows, cols = slice(y0, y0 + size_y), slice(x0, x0 + size_x)
-        x = arrays["inputs"][inputs, :, rows, cols]
-        y = arrays["target"][targets, rows, cols][:, None]
-        coverage = arrays["coverage"][targets, rows, cols][:, None]
-        motion = motion_crop(arrays["motion"], inputs.stop - 1, rows, cols) if self.has_motion else None  # at t0
+        reads = {"x": (arrays["inputs"], (inputs, slice(None), rows, cols)),
+                 "y": (arrays["target"], (targets, rows, cols)), "coverage": (arrays["coverage"], (targets, rows, cols))}
+        if self.has_motion:
+            reads["motion"] = (arrays["motion"], (inputs.stop - 1,))  # at t0: one chunk, the whole coarse frame
+        got = read_together(reads)
+        x, y, coverage = got["x"], got["y"][:, None], got["coverage"][:, None]
+        motion = motion_crop(got["motion"], arrays["motion"].attrs["stride"], rows, cols) if self.has_motion else None
         if not self.full_frame and (size_y < self.patch_size or size_x < self.patch_size):
             pad = ((0, 0), (0, 0), (0, self.patch_size - size_y), (0, self.patch_size - size_x))
             x, y, coverage = np.pad(x, pad), np.pad(y, pad), np.pad(coverage, pad)
@@ -185,19 +190,22 @@ class ZarrPatchDataset(Dataset):
         return x, y, coverage, motion
 
 
-def motion_crop(motion, t, rows, cols):
-    """The motion field (2, rows, cols) of a crop at step t, pixels per step, interpolated bilinearly
-    from the store's grid of every `stride`-th pixel (preproc.write_motion); float64 -> float32."""
-    stride = motion.attrs["stride"]
-    first_y, first_x = rows.start // stride, cols.start // stride
-    last_y = min((rows.stop - 1) // stride + 1, motion.shape[2] - 1)
-    last_x = min((cols.stop - 1) // stride + 1, motion.shape[3] - 1)
-    coarse = motion[t, :, first_y:last_y + 1, first_x:last_x + 1]
+def read_together(reads):
+    """{name: (zarr.Array, selection)} -> {name: numpy array}, all read at once: zarr's event loop
+    overlaps the chunk reads and decoding of every array (zarr==3.1.6 `async_array`, `sync`)."""
+    async def gather():
+        return await asyncio.gather(*(array.async_array.getitem(selection) for array, selection in reads.values()))
+    return dict(zip(reads, zarr_sync(gather())))
+
+
+def motion_crop(coarse, stride, rows, cols):
+    """The motion field (2, rows, cols) of a crop, pixels per step, interpolated bilinearly from the
+    store's frame `coarse` (2, ceil(H/stride), ceil(W/stride)) of every stride-th pixel
+    (preproc.write_motion); float32."""
     y, x = np.mgrid[rows, cols].astype(np.float64)
-    coordinates = [y / stride - first_y, x / stride - first_x]
     # scipy, not numba's parallel interpolation.bilinear_sample: this runs in forked loader workers
-    return np.stack([ndimage.map_coordinates(component, coordinates, order=1, mode="nearest", prefilter=False)
-                     for component in coarse]).astype(np.float32)
+    return np.stack([ndimage.map_coordinates(component, [y / stride, x / stride], order=1, mode="nearest",
+                                             prefilter=False) for component in coarse]).astype(np.float32)
 
 
 def pad_collate(samples):

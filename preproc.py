@@ -91,6 +91,7 @@ CHUNK_XY = 128   # rows / columns per chunk: a 128 x 128 patch touches at most 4
 COMPRESSOR = ZstdCodec(level=1)  # radar fields are mostly 0: ~20x smaller, fast to decode
 RAIN_BLOCK = 8   # side (pixels) of the rain_max blocks
 MOTION_STRIDE = 4  # the motion field is stored at every 4th pixel of each axis
+RAIN_CHUNK_T = 16  # rain_max chunks: 16 steps of whole block frames (a crop's check reads 1 or 2)
 TILE_BYTES = 64 * 2**20  # a case is processed in tiles of about this size (all steps, channels)
 
 
@@ -417,7 +418,7 @@ def write_case(plan, split_name, out_dir, stats, params):
         if not found["covered"]:
             raise NoCoverage(f"case {plan['case']}: the target {params['data']['target']['source']}/{channel} "
                              "has no data at any step (no radar coverage)")
-        root.create_array("rain_max", data=rain_max, chunks=(1,) + rain_max.shape[1:],
+        root.create_array("rain_max", data=rain_max, chunks=(RAIN_CHUNK_T,) + rain_max.shape[1:],
                           dimension_names=("time", "y_block", "x_block"),
                           attributes={"long_name": f"max of {channel} per {RAIN_BLOCK}x{RAIN_BLOCK} block",
                                       "units": "physical (mm/h for rain rate)"})

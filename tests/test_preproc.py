@@ -439,7 +439,7 @@ def test_stored_motion_equals_motion_field_of_the_stored_frames(params, tmp_path
         np.testing.assert_array_equal(motion[t], full[:, ::4, ::4].astype(np.float32))  # every 4th pixel
         # what a training crop gets back: the full-resolution field, to a small fraction of a pixel
         import dataset
-        crop = dataset.motion_crop(root["motion"], t, slice(5, 37), slice(9, 50))
+        crop = dataset.motion_crop(root["motion"][t], 4, slice(5, 37), slice(9, 50))
         np.testing.assert_allclose(crop, full[:, 5:37, 9:50], atol=0.02)
     rainy = root["target"][5] > 0.2
     full5 = baselines.motion_field(normalization.denormalize_target(root["target"][3:6].astype(np.float64), stats))
