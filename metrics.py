@@ -819,3 +819,91 @@ class FSSAccumulator:
         if self.sums is None:
             raise ValueError("no data: call update() first")
         return {"fss": _fss_from_sums(*self.sums)}
+
+
+class DownscalingAccumulator:
+    """Super-resolution scores of seed 003 (Harder et al. 2023, table 2) over a whole set, exactly.
+
+    Parameters
+    ----------
+    factor : int
+        Upsampling factor f: each LR pixel is the mean of an f x f block of HR pixels.
+    data_range : float
+        L of PSNR, SSIM and MS-SSIM: max - min of the set's HR fields (the seed's choice).
+
+    update(pred, obs, lr, ensemble=None) adds one batch, all in physical units (mm/h, fraction):
+        pred, obs  (N, ..., H, W)    prediction and true HR fields (finite)
+        lr         (N, ..., h, w)    the LR input, h = H / f
+        ensemble   (M, N, ..., H, W) optional members (GAN draws; pred is then their mean)
+
+    scores() -> dict of floats:
+        mse, rmse, mae, bias (mean pred - obs), corr (Pearson r): over all pixels
+        psnr            10 log10(L^2 / mse), dB
+        ssim            Gaussian SSIM map pooled over all frames (see ssim)
+        ms_ssim         mean over frames of ms_ssim_frames (NaN for frames too small for 3 scales)
+        mean_abs_bias   mean over frames of |mean over the frame of (pred - obs)|
+        mass_violation  mean over LR pixels of |agg(pred) - lr| (agg = block mean)
+        max_rel_mass_violation  max over LR pixels of |agg(pred) - lr| / max(|lr|, agg(|pred|)):
+                        the error of the block mean relative to the size of the values in the block
+                        (0 for an all-zero block)
+        neg_mean        sum of min(pred, 0) / number of pixels (the seed's 'neg mean')
+        neg_num         number of pixels with pred < 0
+        crps            CRPS of the ensemble (crps_ensemble); without one, that of pred as a
+                        single member, which is its MAE
+        n_frames, n_pixels
+    Every score adds sums over the batches and divides once at the end.
+    """
+
+    def __init__(self, factor, data_range):
+        self.factor, self.data_range = int(factor), float(data_range)
+        self.continuous = ContinuousAccumulator()
+        self.sums = dict.fromkeys(("ssim", "ssim_n", "ms_ssim", "frames", "abs_bias", "mass", "blocks",
+                                   "neg_sum", "neg_num", "crps", "pixels"), 0.0)
+        self.max_rel = 0.0
+
+    def _block_mean(self, x):
+        f = self.factor
+        return x.reshape(*x.shape[:-2], x.shape[-2] // f, f, x.shape[-1] // f, f).mean(axis=(-3, -1))
+
+    def update(self, pred, obs, lr, ensemble=None):
+        pred, obs, lr = (np.asarray(a, dtype=np.float64) for a in (pred, obs, lr))
+        if pred.shape != obs.shape or lr.shape != pred.shape[:-2] + (pred.shape[-2] // self.factor,
+                                                                     pred.shape[-1] // self.factor):
+            raise ValueError(f"expected pred and obs (..., H, W) and lr (..., H/{self.factor}, W/{self.factor}); "
+                             f"got {pred.shape}, {obs.shape}, {lr.shape}")
+        s = self.sums
+        self.continuous.update(pred, obs)
+        total, count = ssim_sums(pred, obs, self.data_range)
+        s["ssim"] += total
+        s["ssim_n"] += count
+        frames = pred.reshape(-1, *pred.shape[-2:]), obs.reshape(-1, *obs.shape[-2:])
+        try:
+            s["ms_ssim"] += float(np.sum(ms_ssim_frames(*frames, self.data_range)))
+        except ValueError:  # too small for three scales
+            s["ms_ssim"] = np.nan
+        s["frames"] += frames[0].shape[0]
+        s["abs_bias"] += float(np.sum(np.abs(np.mean(frames[0] - frames[1], axis=(-2, -1)))))
+        error = np.abs(self._block_mean(pred) - lr)
+        s["mass"] += float(error.sum())
+        s["blocks"] += error.size
+        scale = np.maximum(np.abs(lr), self._block_mean(np.abs(pred)))
+        relative = np.divide(error, scale, out=np.zeros_like(error), where=scale > 0)
+        self.max_rel = max(self.max_rel, float(relative.max(initial=0.0)))
+        s["neg_sum"] += float(np.minimum(pred, 0).sum())
+        s["neg_num"] += int(np.count_nonzero(pred < 0))
+        members = pred[None] if ensemble is None else np.asarray(ensemble, dtype=np.float64)
+        s["crps"] += crps_ensemble(members, obs) * obs.size
+        s["pixels"] += obs.size
+
+    def scores(self):
+        s = self.sums
+        if not s["pixels"]:
+            raise ValueError("no data: call update() first")
+        out = {k: float(v) for k, v in self.continuous.scores().items() if k in ("mse", "rmse", "mae", "bias", "corr")}
+        out["psnr"] = float(10 * np.log10(self.data_range ** 2 / out["mse"])) if out["mse"] > 0 else np.inf
+        out.update(ssim=s["ssim"] / s["ssim_n"] if s["ssim_n"] else np.nan, ms_ssim=s["ms_ssim"] / s["frames"],
+                   mean_abs_bias=s["abs_bias"] / s["frames"], mass_violation=s["mass"] / s["blocks"],
+                   max_rel_mass_violation=self.max_rel, neg_mean=s["neg_sum"] / s["pixels"],
+                   neg_num=int(s["neg_num"]), crps=s["crps"] / s["pixels"], n_frames=int(s["frames"]),
+                   n_pixels=int(s["pixels"]))
+        return out
