@@ -226,7 +226,9 @@ SCHEMA = Section(
         number_residual_blocks=Key(int, 4, "residual blocks at LR", minimum=0),
         upsampling_factor=Key(int, None, "null: the dataset's factor; a value must equal it", nullable=True,
                               minimum=2),
-        epochs=Key(int, 20, "training epochs (one pass over the training crops each)", minimum=1),
+        epochs=Key(int, 20, "training epochs", minimum=1),
+        steps_per_epoch=Key(int, 0, "optimiser steps per epoch (validation and checkpoints after each); 0: one "
+                            "pass over the training crops, as the seed", "steps", minimum=0),
         batch_size=Key(int, 16, "crops per step", minimum=1),
         lr=Key(NUM, 1e-3, "AdamW learning rate", minimum=0),
         weight_decay=Key(NUM, 1e-9, "AdamW weight decay (the seed's default)", minimum=0),

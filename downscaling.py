@@ -38,6 +38,7 @@ import csv
 import json
 import math
 import os
+import sys
 import time
 
 import numpy as np
@@ -138,6 +139,7 @@ class DownscalingTask:
         self.stats = {"dataset": down["dataset"], "factor": self.factor, "frames": self.frames, "min": self.lo,
                       "max": self.hi, "units": self.units}
         self.discriminator = self.d_optimizer = None
+        self.budget, self._epochs_run = None, 0
         if down["model"] == "gan":
             self.adv_factor = down["adv_factor"]
             self.discriminator = dm.Discriminator(number_channels=down["number_channels"])
@@ -163,11 +165,18 @@ class DownscalingTask:
         return denormalize(y, self.lo, self.hi, "none")
 
     def set_epoch(self, epoch):
-        pass
+        """Called by training.fit before each epoch: raises BudgetSpent when the CPU budget (self.budget =
+        (process time at the start, seconds) or None) is spent and this call already ran an epoch."""
+        if self.budget is not None:
+            started, limit = self.budget
+            spent = time.process_time() - started
+            if self._epochs_run and spent >= limit:
+                raise BudgetSpent(f"CPU budget {limit:g} s spent ({spent:.0f} s) after {epoch} epochs")
+            self._epochs_run += 1
 
     def train_step(self, model, batch, optimizer, device, amp):
         """GAN step (seed: gan_optimizer_step): discriminator on real vs generated HR (BCE), then the
-        generator on content loss + adv_factor * BCE(D(G(x)), real). Returns the generator loss."""
+        generator on content loss + adv_factor * BCE(D(G(x)), real). Returns (generator loss, samples)."""
         x, y, mask = self.unpack(batch, device)
         disc = self.discriminator.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
@@ -187,7 +196,7 @@ class DownscalingTask:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        return loss.item()
+        return loss.item(), x.shape[0]
 
     def extra_state(self):
         if self.discriminator is None:
@@ -222,33 +231,31 @@ def run_params(params, task):
     n_train, n_val = len(task.datasets["train"]), len(task.datasets["val"])
     run["training"].update(epochs=down["epochs"], batch_size=down["batch_size"], lr=down["lr"],
                            weight_decay=down["weight_decay"], seed=down["seed"], num_workers=0,
-                           steps_per_epoch=max(1, n_train // down["batch_size"]),
+                           steps_per_epoch=down["steps_per_epoch"] or max(1, n_train // down["batch_size"]),
                            val_steps=math.ceil(n_val / down["batch_size"]))
     run["paths"].update(checkpoints=folder, outputs=folder)
     return config.validate(run)
 
 
-def train(params, task, model, resume=False):
-    """Train with training.fit; with downscaling.cpu_budget > 0, one epoch per call (bit-exact resume)
-    until the budget is spent. Returns (best checkpoint path, epochs run, CPU seconds)."""
-    down, run = params["downscaling"], run_params(params, task)
+class BudgetSpent(Exception):
+    """The CPU budget is spent (raised by DownscalingTask.set_epoch before an epoch, never the first)."""
+
+
+def train(params, task, model, run, resume=False):
+    """Train with training.fit (checkpoints and train_log.csv in <outputs>/<model_id>/). With
+    downscaling.cpu_budget > 0, stop before the first epoch that starts after that much CPU time
+    (process time of this process; data loading runs in it, num_workers = 0).
+    Returns (best checkpoint path, epochs done, CPU seconds of this call)."""
+    down, fit_params = params["downscaling"], run_params(params, task)
     start = time.process_time()
-    if not down["cpu_budget"]:
-        return training.fit(run, task, model, resume=resume), down["epochs"], time.process_time() - start
-    done = _epochs_done(run) if resume else 0
-    best = os.path.join(run["paths"]["checkpoints"], "best.pt")
-    while done < down["epochs"]:
-        run["training"]["epochs"] = done + 1
-        best = training.fit(run, task, model, resume=done > 0)
-        done += 1
-        if time.process_time() - start >= down["cpu_budget"]:
-            break
-    return best, done, time.process_time() - start
-
-
-def _epochs_done(run):
-    path = os.path.join(run["paths"]["checkpoints"], "last.pt")
-    return training.load_checkpoint(path)["epoch"] if os.path.exists(path) else 0
+    task.budget, task._epochs_run = ((start, down["cpu_budget"]) if down["cpu_budget"] else None), 0
+    try:
+        training.fit(fit_params, task, model, run, resume_run=resume)
+    except BudgetSpent as exc:
+        print(f"stopped: {exc}")
+    folder = fit_params["paths"]["checkpoints"]
+    epochs = training.load_checkpoint(os.path.join(folder, "last.pt"))["epoch"]
+    return os.path.join(folder, "best.pt"), epochs, time.process_time() - start
 
 
 def load_run(params, device):
@@ -342,10 +349,11 @@ def panel_crops(task, split, count):
 
 
 @torch.no_grad()
-def panel_fields(models, task, indices, device, seed=0):
-    """(lr (N, h, w), hr (N, H, W), {label: (N, H, W)}) in physical units for crops `indices`; the last
-    frame of temporal samples is shown (the middle one for FlowConvGRU pairs)."""
-    dataset = task.datasets["test"] if len(task.datasets["test"]) else task.datasets["val"]
+def panel_fields(models, task, indices, device, split, seed=0):
+    """(lr (N, h, w), hr (N, H, W), {label: (N, H, W)}) in physical units for crops `indices` of a split;
+    models: {label: network or baseline name}; a GAN shows one draw. Of 3-frame samples the middle
+    frame is shown (the one FlowConvGRU interpolates)."""
+    dataset = task.datasets[split]
     lr, hr = (torch.stack([dataset[i][k] for i in indices]) for k in (0, 1))
     frame = 1 if lr.shape[1] == 3 else -1
     out = {}
@@ -425,3 +433,191 @@ def samples_per_second(folder):
     with open(path, newline="") as fh:
         values = [float(r["samples_per_s"]) for r in csv.DictReader(fh) if r.get("samples_per_s")]
     return float(np.mean(values)) if values else float("nan")
+
+
+# --------------------------------------------------------------------------- one run
+def run_one(params, run, evalonly=False, resume=False):
+    """Train (unless evalonly) and evaluate the run of params["downscaling"]; returns a table row."""
+    down = params["downscaling"]
+    path = store_path(params, down["dataset"])
+    task = DownscalingTask(params, path)
+    folder = os.path.join(down["outputs"], model_id(down))
+    summary_path = os.path.join(folder, "train_summary.json")
+    if not evalonly:
+        training.seed_everything(down["seed"])
+        model = build_model(down, task.factor).to(run.device)
+        _, epochs, cpu = train(params, task, model, run, resume)
+        summary = {"epochs": epochs, "cpu_s": cpu + (_previous_cpu(summary_path) if resume else 0.0),
+                   "samples_per_s": samples_per_second(folder)}
+        with atomic_path(summary_path) as tmp, open(tmp, "w") as fh:
+            json.dump(summary, fh)
+    model, state = load_run(params, run.device)
+    summary = json.load(open(summary_path)) if os.path.isfile(summary_path) else {"epochs": state["epoch"]}
+    split = down["eval_split"]
+    scores = evaluate(model, task, params, run.device, split, path)
+    write_scores(folder, split, scores, params, {**summary, "best_epoch": state["epoch"], "dataset_source":
+                                                 open_store(path).attrs["source"]})
+    if down["panels"]:
+        lr, hr, fields = panel_fields({"bicubic": "bicubic", model_id(down): model}, task,
+                                      panel_crops(task, split, down["panels"]), run.device, split, down["seed"])
+        plotting.plot_downscaling_panels(lr, hr, fields, os.path.join(folder, f"panels_{split}.png"), task.units,
+                                         f"{model_id(down)} on {down['dataset']} ({split})")
+    return {"id": "", "run": model_id(down), "dataset": down["dataset"], "model": down["model"],
+            "constraints": down["constraints"], "loss": "mass_constraints" if task.alpha else "mse",
+            **{k: summary.get(k) for k in ("epochs", "cpu_s", "samples_per_s")}, **scores}
+
+
+def _previous_cpu(path):
+    return json.load(open(path)).get("cpu_s", 0.0) if os.path.isfile(path) else 0.0
+
+
+def baseline_rows(params, dataset):
+    """Table rows of the BASELINES on a dataset's eval split."""
+    path = store_path(params, dataset)
+    task = DownscalingTask({**params, "downscaling": {**params["downscaling"], "dataset": dataset}}, path)
+    scores = evaluate_baselines(task, params, params["downscaling"]["eval_split"], path)
+    return [{"id": "", "run": f"{dataset} {name}", "dataset": dataset, "model": name, "constraints": "-",
+             "loss": "-", **s} for name, s in scores.items()]
+
+
+def print_row(row, units):
+    print(f"{row['run']}: RMSE {fmt(row['rmse'])} {units}, PSNR {fmt(row['psnr'])} dB, SSIM {fmt(row['ssim'])}, "
+          f"MS-SSIM {fmt(row['ms_ssim'])}, MAE {fmt(row['mae'])}, mass violation {fmt(row['mass_violation'])} "
+          f"(max relative {fmt(row['max_rel_mass_violation'])}), neg num {row['neg_num']}, CRPS {fmt(row['crps'])}")
+
+
+# --------------------------------------------------------------------------- --experiments
+def experiment_ids(text):
+    """The experiment ids of `all` or a comma list (E1..E12, T1a, T1b); UserError for an unknown id."""
+    ids = list(EXPERIMENTS) if text == "all" else [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [i for i in ids if i not in EXPERIMENTS]
+    if unknown or not ids:
+        raise UserError(f"--experiments {text}: expected all or a comma list of {', '.join(EXPERIMENTS)}")
+    return ids
+
+
+def experiment_params(params, exp_id):
+    down = params["downscaling"]
+    dataset, model, constraints = EXPERIMENTS[exp_id]
+    out = copy.deepcopy(params)
+    out["downscaling"].update(dataset=dataset, model=model, constraints=constraints,
+                              model_id=f"{exp_id}_{dataset}_{model}_{constraints}",
+                              loss="mass_constraints" if constraints == "soft" else "mse",
+                              cpu_budget=down["experiment_budget"], upsampling_factor=None)
+    return out
+
+
+def make_missing_datasets(params, ids):
+    """Build the stores the experiments need (rr2, rr4, rr8, rr4t3) when they are absent."""
+    import make_downscaling_data
+    for name in dict.fromkeys(EXPERIMENTS[i][0] for i in ids):
+        if not os.path.isdir(store_path(params, name)):
+            factor, frames = DATASETS[name]
+            print(f"$ python make_downscaling_data.py --factor {factor} --frames {frames} --name {name}")
+            path, _ = make_downscaling_data.make_dataset(params, factor=factor, frames=frames, name=name)
+            print(f"  -> {path}")
+
+
+def run_experiments(params, run, ids, evalonly=False):
+    """Train/evaluate the experiments `ids`, baselines first for each dataset; tables and panels."""
+    make_missing_datasets(params, ids)
+    rows, seen, started = [], set(), time.time()
+    for exp_id in ids:
+        dataset = EXPERIMENTS[exp_id][0]
+        if dataset not in seen:
+            seen.add(dataset)
+            rows += baseline_rows(params, dataset)
+        print(f"\n== {exp_id}: {' '.join(EXPERIMENTS[exp_id])} "
+              f"({params['downscaling']['experiment_budget']:g} CPU s budget)", flush=True)
+        try:
+            row = run_one(experiment_params(params, exp_id), run, evalonly)
+        except training.Diverged as exc:
+            print(f"{exp_id}: training stopped ({exc}); left out of the table")
+            continue
+        rows.append({**row, "id": exp_id})
+        print_row(row, open_store(store_path(params, dataset)).attrs["units"])
+    out_dir = params["downscaling"]["outputs"]
+    units = open_store(store_path(params, EXPERIMENTS[ids[0]][0])).attrs["units"]
+    table = write_tables(rows, out_dir, units, params["downscaling"]["eval_split"])
+    panels = experiment_panels(params, run, ids)
+    print(open(table).read())
+    print(f"downscaling: {len(ids)} experiments in {(time.time() - started) / 60:.1f} min -> {table}, "
+          f"{os.path.join(out_dir, 'experiments.csv')}{', ' + ', '.join(panels) if panels else ''}")
+
+
+def experiment_panels(params, run, ids):
+    """LR | HR | SR none | SR constrained | difference for each pair of PANEL_PAIRS that was run."""
+    written = []
+    split, count = params["downscaling"]["eval_split"], params["downscaling"]["panels"]
+    for first, second in PANEL_PAIRS:
+        if first not in ids or second not in ids or not count:
+            continue
+        pair = [experiment_params(params, i) for i in (first, second)]
+        dataset = pair[0]["downscaling"]["dataset"]
+        task = DownscalingTask(pair[0], store_path(params, dataset))
+        models = {f"{i} {EXPERIMENTS[i][1]} {EXPERIMENTS[i][2]}": load_run(p, run.device)[0]
+                  for i, p in zip((first, second), pair)}
+        lr, hr, fields = panel_fields(models, task, panel_crops(task, split, count), run.device, split,
+                                      params["downscaling"]["seed"])
+        path = os.path.join(params["downscaling"]["outputs"], f"panels_{first}_{second}.png")
+        plotting.plot_downscaling_panels(lr, hr, fields, path, task.units, f"{dataset}: {first} vs {second} ({split})")
+        written.append(path)
+    return written
+
+
+# --------------------------------------------------------------------------- main
+FLAGS = [("--dataset", "downscaling.dataset"), ("--model", "downscaling.model"),
+         ("--model_id", "downscaling.model_id"), ("--constraints", "downscaling.constraints"),
+         ("--loss", "downscaling.loss"), ("--alpha", "downscaling.alpha"), ("--adv_factor", "downscaling.adv_factor"),
+         ("--epochs", "downscaling.epochs"), ("--steps_per_epoch", "downscaling.steps_per_epoch"), ("--lr", "downscaling.lr"), ("--weight_decay", "downscaling.weight_decay"),
+         ("--batch_size", "downscaling.batch_size"), ("--number_residual_blocks", "downscaling.number_residual_blocks"),
+         ("--number_channels", "downscaling.number_channels"),
+         ("--upsampling_factor", "downscaling.upsampling_factor"), ("--cpu_budget", "downscaling.cpu_budget"),
+         ("--ensemble_members", "downscaling.ensemble_members"), ("--test_val_train", "downscaling.eval_split"),
+         ("--seed", "downscaling.seed"), ("--data_dir", "downscaling.data_dir", {"metavar": "DIR"}),
+         ("--outputs", "downscaling.outputs", {"metavar": "DIR"}), ("--panels", "downscaling.panels"),
+         ("--experiment_budget", "downscaling.experiment_budget"), ("--device", "training.device")]
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description="\n\n".join(__doc__.split("\n\n")[:2]),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    config.add_config_arg(parser)
+    config.add_override_flags(parser, FLAGS)
+    parser.add_argument("--training_evalonly", choices=("training", "evalonly"), default="training",
+                        help="training: train, then evaluate best.pt; evalonly: evaluate <outputs>/<model_id>/best.pt "
+                             "(default: training)")
+    parser.add_argument("--resume", action="store_true", help="continue training from <outputs>/<model_id>/last.pt")
+    parser.add_argument("--experiments", metavar="IDS",
+                        help="all, or a comma list of E1..E12, T1a, T1b: run the seed's experiments and write the "
+                             "tables (each trains for downscaling.experiment_budget CPU seconds)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    params = config.load_params(args.config, config.overrides_from(args))
+    run = training.Run(params["training"]["device"])
+    evalonly = args.training_evalonly == "evalonly"
+    if args.experiments:
+        run_experiments(params, run, experiment_ids(args.experiments), evalonly)
+        return 0
+    down = params["downscaling"]
+    try:
+        row = run_one(params, run, evalonly, args.resume)
+    except training.Diverged as exc:
+        print(f"error: training stopped: {exc} (lower --lr?)", file=sys.stderr)
+        return 1
+    units = open_store(store_path(params, down["dataset"])).attrs["units"]
+    baselines = baseline_rows(params, down["dataset"])
+    for r in [row, *baselines[:1]]:
+        print_row(r, units)
+    folder = os.path.join(down["outputs"], model_id(down))
+    print(f"downscaling: {'evaluated' if evalonly else 'trained and evaluated'} {model_id(down)} on "
+          f"{down['dataset']} ({down['eval_split']} split) -> {folder}/scores_{down['eval_split']}.json, .csv"
+          f"{', panels_' + down['eval_split'] + '.png' if down['panels'] else ''}")
+    return 0
+
+
+if __name__ == "__main__":
+    config.run_main(main)
