@@ -222,6 +222,9 @@ SCHEMA = Section(
                  "(constraints soft implies it)", choices=("mse", "mass_constraints")),
         alpha=Key(NUM, 0.99, "weight of the mass term of mass_constraints (0..1)", minimum=0),
         adv_factor=Key(NUM, 1e-4, "gan: weight of the adversarial loss beside the MSE content loss", minimum=0),
+        input_transform=Key(str, "auto", "what the networks see of the LR input (the constraint layers use it "
+                            "unchanged): log1p of the physical value scaled to 0..1, or the [0, 1] value itself; "
+                            "auto: log1p for rain rate (mm/h), none otherwise", choices=("auto", "log1p", "none")),
         number_channels=Key(int, 32, "feature channels of the networks", minimum=1),
         number_residual_blocks=Key(int, 4, "residual blocks at LR", minimum=0),
         upsampling_factor=Key(int, None, "null: the dataset's factor; a value must equal it", nullable=True,

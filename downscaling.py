@@ -214,13 +214,19 @@ def model_id(down):
     return down["model_id"] or f"{down['dataset']}_{down['model']}_{down['constraints']}"
 
 
-def build_model(down, factor):
-    """The network of params["downscaling"] for a dataset of upsampling factor `factor`."""
+def build_model(down, stats):
+    """The network of params["downscaling"] for a dataset described by `stats` (DownscalingTask.stats:
+    factor, min, max, units)."""
+    factor = stats["factor"]
     if down["upsampling_factor"] not in (None, factor):
         raise UserError(f"--upsampling_factor {down['upsampling_factor']}: dataset {down['dataset']} has factor {factor}")
+    kind = down["input_transform"]
+    if kind == "auto":
+        kind = "log1p" if stats["units"] == "mm/h" else "none"
     return dm.get_model(down["model"], upsampling_factor=factor, constraints=down["constraints"],
                         number_channels=down["number_channels"],
-                        number_residual_blocks=down["number_residual_blocks"])
+                        number_residual_blocks=down["number_residual_blocks"],
+                        input_transform=(kind, stats["min"], stats["max"]))
 
 
 def run_params(params, task):
@@ -265,10 +271,10 @@ def load_run(params, device):
     path = os.path.join(down["outputs"], model_id(down), "best.pt")
     state = training.load_checkpoint(path, device)
     saved = state["params"]["downscaling"]
-    for key in ("dataset", "model", "constraints", "number_channels", "number_residual_blocks"):
+    for key in ("dataset", "model", "constraints", "number_channels", "number_residual_blocks", "input_transform"):
         if saved[key] != down[key]:
             raise UserError(f"{path}: trained with --{key} {saved[key]}, asked for --{key} {down[key]}")
-    model = build_model(saved, state["stats"]["factor"]).to(device)
+    model = build_model(saved, state["stats"]).to(device)
     model.load_state_dict(state["model"])
     return model, state
 
@@ -445,7 +451,7 @@ def run_one(params, run, evalonly=False, resume=False):
     summary_path = os.path.join(folder, "train_summary.json")
     if not evalonly:
         training.seed_everything(down["seed"])
-        model = build_model(down, task.factor).to(run.device)
+        model = build_model(down, task.stats).to(run.device)
         _, epochs, cpu = train(params, task, model, run, resume)
         summary = {"epochs": epochs, "cpu_s": cpu + (_previous_cpu(summary_path) if resume else 0.0),
                    "samples_per_s": samples_per_second(folder)}

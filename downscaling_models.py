@@ -139,6 +139,34 @@ def check_constraint(name):
     return name
 
 
+class InputTransform(nn.Module):
+    """What a network sees of its [0, 1] input x (the constraint layers always use x itself):
+        none   x
+        log1p  log1p(max(lo + x (hi - lo), 0)) / log1p(max(hi, 0) + 1e-12): the physical value
+               (mm/h) on a log scale, 0..1 over the training range. Min/max scaling alone leaves
+               most rain near 0 (a 91.8 mm/h maximum puts 1 mm/h at 0.011), which the first
+               convolution barely sees; nowcasting normalises rain rate with log1p for the same reason.
+    lo, hi: the physical min/max of the [0, 1] scaling (buffers, saved with the weights).
+    """
+
+    def __init__(self, kind="none", lo=0.0, hi=1.0):
+        super().__init__()
+        if kind not in ("none", "log1p"):
+            raise UserError(f"input_transform: expected none or log1p, got {kind!r}")
+        self.kind = kind
+        self.register_buffer("lo", torch.tensor(float(lo)))
+        self.register_buffer("hi", torch.tensor(float(hi)))
+
+    def forward(self, x):
+        if self.kind == "none":
+            return x
+        physical = (self.lo + x * (self.hi - self.lo)).clamp(min=0)
+        return torch.log1p(physical) / torch.log1p(self.hi.clamp(min=0) + 1e-12)
+
+    def extra_repr(self):
+        return self.kind
+
+
 # --------------------------------------------------------------------------- building blocks
 def conv3x3(in_channels, out_channels):
     return nn.Conv2d(in_channels, out_channels, 3, padding=1)
@@ -172,11 +200,12 @@ class SRCNN(nn.Module):
     """
 
     def __init__(self, upsampling_factor=4, constraints="none", number_channels=32,
-                 number_residual_blocks=4, in_channels=1, noise=False):
+                 number_residual_blocks=4, in_channels=1, noise=False, input_transform=("none", 0.0, 1.0)):
         super().__init__()
         steps = check_factor(upsampling_factor)
         self.factor, self.constraints = upsampling_factor, check_constraint(constraints)
         self.noise, self.in_channels = noise, in_channels
+        self.features = InputTransform(*input_transform)
         width = number_channels
         self.head = nn.Sequential(conv3x3(in_channels + int(noise), width), nn.ReLU())
         self.blocks = nn.Sequential(*[ResidualBlock(width) for _ in range(number_residual_blocks)])
@@ -187,15 +216,15 @@ class SRCNN(nn.Module):
 
     def forward(self, x, noise=None):
         frames, restore = _frames(x)
+        inputs = self.features(frames)
         if self.noise:
             if noise is None:
                 noise = torch.randn(frames.shape[0], 1, *frames.shape[-2:], device=x.device, dtype=x.dtype)
-            frames = torch.cat([frames, noise.reshape(frames.shape[0], 1, *frames.shape[-2:])], dim=1)
-        out = self.head(frames)
+            inputs = torch.cat([inputs, noise.reshape(frames.shape[0], 1, *frames.shape[-2:])], dim=1)
+        out = self.head(inputs)
         out = self.body(self.blocks(out))
         out = self.tail(self.upsampling(out))
-        out = apply_constraint(self.constraints, out, frames[:, :self.in_channels], self.factor)
-        return restore(out)
+        return restore(apply_constraint(self.constraints, out, frames, self.factor))
 
 
 class Discriminator(nn.Module):
@@ -248,10 +277,11 @@ class ConvGRUGenerator(nn.Module):
     """The seed's ConvGRUGeneratorDet: (B, T, C, h, w) -> (B, T, C, f h, f w), T >= 1."""
 
     def __init__(self, upsampling_factor=4, constraints="none", number_channels=32,
-                 number_residual_blocks=3, in_channels=1):
+                 number_residual_blocks=3, in_channels=1, input_transform=("none", 0.0, 1.0)):
         super().__init__()
         steps = check_factor(upsampling_factor)
         self.factor, self.constraints, self.in_channels = upsampling_factor, check_constraint(constraints), in_channels
+        self.features = InputTransform(*input_transform)
         width = number_channels
         self.initial = nn.Sequential(conv3x3(in_channels, width), ResidualBlock(width), ResidualBlock(width))
         self.encode = nn.Sequential(conv3x3(in_channels, width), nn.ReLU(),
@@ -263,7 +293,8 @@ class ConvGRUGenerator(nn.Module):
 
     def forward(self, x):
         frames, restore = _frames(x)
-        hidden = self.gru(restore(self.encode(frames)), self.initial(x[:, 0]))
+        inputs = self.features(frames)
+        hidden = self.gru(restore(self.encode(inputs)), self.initial(restore(inputs)[:, 0]))
         out = self.out(self.upsampling(hidden.flatten(0, 1)))
         return restore(apply_constraint(self.constraints, out, frames, self.factor))
 
@@ -305,10 +336,11 @@ class VoxelFlow(nn.Module):
     frame, exactly. h, w must be multiples of 4.
     """
 
-    def __init__(self, number_channels=16, max_shift=4.0):
+    def __init__(self, number_channels=16, max_shift=4.0, input_transform=("none", 0.0, 1.0)):
         super().__init__()
         c = number_channels
         self.max_shift = max_shift
+        self.features = InputTransform(*input_transform)
         self.down1 = nn.Sequential(conv3x3(2, c), nn.ReLU())
         self.down2 = nn.Sequential(conv3x3(c, 2 * c), nn.ReLU())
         self.bottom = nn.Sequential(conv3x3(2 * c, 2 * c), nn.ReLU())
@@ -316,7 +348,7 @@ class VoxelFlow(nn.Module):
         self.up1 = nn.Sequential(conv3x3(2 * c, c), nn.ReLU(), nn.Conv2d(c, 3, 1))
 
     def _net(self, a, b):
-        d1 = self.down1(torch.cat([a, b], dim=1))
+        d1 = self.down1(torch.cat([self.features(a), self.features(b)], dim=1))
         d2 = self.down2(F.max_pool2d(d1, 2))
         u = F.interpolate(self.bottom(F.max_pool2d(d2, 2)), scale_factor=2, mode="bilinear")
         u = F.interpolate(self.up2(torch.cat([u, d2], dim=1)), scale_factor=2, mode="bilinear")
@@ -339,14 +371,14 @@ class FlowConvGRU(nn.Module):
     """
 
     def __init__(self, upsampling_factor=4, constraints="none", number_channels=32,
-                 number_residual_blocks=3, in_channels=1):
+                 number_residual_blocks=3, in_channels=1, input_transform=("none", 0.0, 1.0)):
         super().__init__()
         if in_channels != 1:
             raise UserError(f"flowconvgru: expected one channel, got in_channels={in_channels}")
         self.factor, self.constraints = upsampling_factor, constraints
-        self.interpolation = VoxelFlow()
+        self.interpolation = VoxelFlow(input_transform=input_transform)
         self.super_resolution = ConvGRUGenerator(upsampling_factor, constraints, number_channels,
-                                                 number_residual_blocks, 1)
+                                                 number_residual_blocks, 1, input_transform)
         self.last_lr = None
 
     def interpolate(self, first, last):
@@ -367,12 +399,16 @@ MODELS = {"cnn": SRCNN, "gan": SRCNN, "convgru": ConvGRUGenerator, "flowconvgru"
 
 
 def get_model(name, upsampling_factor=4, constraints="none", number_channels=32, number_residual_blocks=4,
-              in_channels=1):
-    """The downscaling model `name` (cnn, gan, convgru, flowconvgru); UserError for an unknown name."""
+              in_channels=1, input_transform=("none", 0.0, 1.0)):
+    """The downscaling model `name` (cnn, gan, convgru, flowconvgru); UserError for an unknown name.
+
+    input_transform: (kind, lo, hi) of InputTransform, what the network sees of its input.
+    """
     if name not in MODELS:
         raise UserError(f"model: expected one of {', '.join(MODELS)}, got {name!r}")
     kwargs = dict(upsampling_factor=upsampling_factor, constraints=constraints, number_channels=number_channels,
-                  number_residual_blocks=number_residual_blocks, in_channels=in_channels)
+                  number_residual_blocks=number_residual_blocks, in_channels=in_channels,
+                  input_transform=tuple(input_transform))
     if name == "gan":
         kwargs["noise"] = True
     return MODELS[name](**kwargs)

@@ -11,8 +11,8 @@ seed's TCW2/4/8 sets from ERA5, which cannot be reached here. Sources (downscali
              pysteps example events in ../shared/data/radar: KNMI, BoM, FMI x 2). When radar_dir
              does not exist (a clone without ../shared), generated rain cases are used instead.
   raw        raw nowcasting cases <paths.raw_dataset>/<case>/radar/<YYYYmmddHHMM>.npy.
-  generated  four rain cases of generate_data.py (320 x 320 pixels, 24 steps), written to a
-             temporary folder and read as raw cases.
+  generated  four rain cases of generate_data.py (24 steps; 320 x 320 pixels for 128-pixel crops),
+             written to a temporary folder and read as raw cases.
   sea_ice    sea_ice.consolidated_file (consolidate_data.py output), sea_ice_conc fraction;
              land (sea_ice.land_mask_file, when given) counts as no data.
 Rain rates below 0 (the BoM event holds some, down to -0.6 mm/h) are set to 0.
@@ -132,10 +132,12 @@ def sea_ice_events(params):
     return [Event(f"sea_ice-{name}", stop - start, reader_for(start)) for name, (start, stop) in bounds.items()]
 
 
-def generated_events(folder):
-    """Write generate_data.py's four rain cases (320 x 320, 24 steps) into folder; return them as events."""
+def generated_events(folder, crop_size):
+    """Write generate_data.py's four rain cases (24 steps, 2.5 crop sizes square: 320 x 320 for 128-pixel
+    crops, 4 crops inside the radar circle) into folder; return them as events."""
     import generate_data
-    generate_data.write_raw_cases(folder, n_cases=4, shape=(320, 320), n_steps=24, seed=11, missing=False)
+    side = -(-5 * crop_size // 16) * 8
+    generate_data.write_raw_cases(folder, n_cases=4, shape=(side, side), n_steps=24, seed=11, missing=False)
     return raw_events(folder)
 
 
@@ -151,7 +153,7 @@ def open_source(params, source, tmp_dir):
     if source == "raw":
         return raw_events(params["paths"]["raw_dataset"]), source, "rain_rate", "mm/h"
     if source == "generated":
-        return generated_events(tmp_dir), source, "rain_rate", "mm/h"
+        return generated_events(tmp_dir, down["crop_size"]), source, "rain_rate", "mm/h"
     return sea_ice_events(params), source, "sea_ice_conc", "fraction"
 
 

@@ -845,7 +845,8 @@ class DownscalingAccumulator:
         mass_violation  mean over LR pixels of |agg(pred) - lr| (agg = block mean)
         max_rel_mass_violation  max over LR pixels of |agg(pred) - lr| / max(|lr|, agg(|pred|)):
                         the error of the block mean relative to the size of the values in the block
-                        (0 for an all-zero block)
+                        (0 for an all-zero block; with an ensemble, agg(|member|) of every member
+                        also counts, since float rounding scales with the members' values)
         neg_mean        sum of min(pred, 0) / number of pixels (the seed's 'neg mean')
         neg_num         number of pixels with pred < 0
         crps            CRPS of the ensemble (crps_ensemble); without one, that of pred as a
@@ -887,6 +888,8 @@ class DownscalingAccumulator:
         s["mass"] += float(error.sum())
         s["blocks"] += error.size
         scale = np.maximum(np.abs(lr), self._block_mean(np.abs(pred)))
+        if ensemble is not None:  # the members' values set the float precision of their mean
+            scale = np.maximum(scale, self._block_mean(np.abs(np.asarray(ensemble, dtype=np.float64))).max(axis=0))
         relative = np.divide(error, scale, out=np.zeros_like(error), where=scale > 0)
         self.max_rel = max(self.max_rel, float(relative.max(initial=0.0)))
         s["neg_sum"] += float(np.minimum(pred, 0).sum())
