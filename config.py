@@ -232,7 +232,8 @@ SCHEMA = Section(
         epochs=Key(int, 20, "training epochs", minimum=1),
         steps_per_epoch=Key(int, 0, "optimiser steps per epoch (validation and checkpoints after each); 0: one "
                             "pass over the training crops, as the seed", "steps", minimum=0),
-        batch_size=Key(int, 16, "crops per step", minimum=1),
+        batch_size=Key(int, 8, "crops per step (the seed: 64; on a CPU budget more, smaller steps learn faster)",
+                       minimum=1),
         lr=Key(NUM, 1e-3, "AdamW learning rate", minimum=0),
         weight_decay=Key(NUM, 1e-9, "AdamW weight decay (the seed's default)", minimum=0),
         cpu_budget=Key(NUM, 0, "stop training after the epoch that passes this much CPU time (process time, "
@@ -243,7 +244,8 @@ SCHEMA = Section(
                        choices=("train", "val", "test")),
         seed=Key(int, 0, "seed of the random number generators (training, noise of the GAN)"),
         panels=Key(int, 3, "test crops shown in the panel figures (the rainiest)", minimum=0),
-        experiment_budget=Key(NUM, 60, "--experiments: CPU seconds of training per experiment", "s", minimum=1),
+        experiment_budget=Key(NUM, 60, "--experiments: CPU seconds of training per experiment (epochs of "
+                              "steps_per_epoch steps, 16 when that is 0; at least one epoch)", "s", minimum=1),
     ),
     evaluation=Section(
         required=True, doc="evaluate.py and the final test of training.py",

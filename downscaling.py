@@ -67,6 +67,7 @@ EXPERIMENTS = {  # id: (dataset, model, constraints) -- the seed's table 4 and i
     "T1a": ("rr4t3", "flowconvgru", "none"), "T1b": ("rr4t3", "flowconvgru", "softmax"),
 }
 PANEL_PAIRS = (("E1", "E2"), ("E3", "E4"), ("E5", "E6"), ("E8", "E10"), ("E11", "E12"), ("T1a", "T1b"))
+EXPERIMENT_STEPS = 32  # --experiments: steps per epoch when downscaling.steps_per_epoch is 0 (budget granularity)
 DATASETS = {"rr2": (2, 1), "rr4": (4, 1), "rr8": (8, 1), "rr4t3": (4, 3)}  # name: (factor, frames)
 SCORE_COLUMNS = ("mse", "rmse", "psnr", "mae", "ssim", "ms_ssim", "corr", "bias", "mean_abs_bias",
                  "mass_violation", "max_rel_mass_violation", "neg_mean", "neg_num", "crps")
@@ -348,10 +349,12 @@ def evaluate_baselines(task, params, split=None, path=None):
 
 
 def panel_crops(task, split, count):
-    """Indices of the `count` crops with the largest mean HR (the rainiest), in index order."""
+    """`count` crop indices spread over the split: the rainiest (largest mean HR) of each of `count`
+    consecutive groups of crops (the split is stored in event and time order)."""
     dataset = task.datasets[split]
-    means = [float(dataset[i][1].mean()) for i in range(len(dataset))]
-    return sorted(np.argsort(means)[::-1][:count].tolist())
+    means = np.array([float(dataset[i][1].mean()) for i in range(len(dataset))])
+    groups = np.array_split(np.arange(len(dataset)), min(count, len(dataset)))
+    return [int(g[np.argmax(means[g])]) for g in groups if len(g)]
 
 
 @torch.no_grad()
@@ -509,7 +512,8 @@ def experiment_params(params, exp_id):
     out["downscaling"].update(dataset=dataset, model=model, constraints=constraints,
                               model_id=f"{exp_id}_{dataset}_{model}_{constraints}",
                               loss="mass_constraints" if constraints == "soft" else "mse",
-                              cpu_budget=down["experiment_budget"], upsampling_factor=None)
+                              cpu_budget=down["experiment_budget"], upsampling_factor=None,
+                              steps_per_epoch=down["steps_per_epoch"] or EXPERIMENT_STEPS)
     return out
 
 
