@@ -292,3 +292,32 @@ def test_bad_flags_and_missing_dataset_give_one_line(tmp_path, radar_dir, capsys
     assert code == 2 and lines == ["error: --alpha: downscaling.alpha: expected a weight between 0 and 1, got 1.5"]
     code, lines = run_cli(["--config", cfg, "--experiments", "E99"], capsys)
     assert code == 2 and len(lines) == 1 and "E99" in lines[0]
+
+
+def test_sea_ice_source_splits_days_in_time_and_leaves_out_land(tmp_path):
+    import xarray as xr
+    days = np.arange(20240401, 20240411)
+    rng = np.random.default_rng(6)
+    conc = np.clip(rng.uniform(0, 1, (10, 96, 96)).astype(np.float32), 0, 1)
+    land = np.zeros((96, 96), dtype=np.int8)
+    land[:20, :20] = 1  # the top-left crop touches land
+    xr.Dataset({"sea_ice_conc": (("time", "y", "x"), conc)},
+               coords={"time": days.astype(np.int32), "y": np.arange(96.0), "x": np.arange(96.0)}
+               ).to_netcdf(tmp_path / "sic.nc")
+    xr.Dataset({"land_mask": (("y", "x"), land)}).to_netcdf(tmp_path / "mask.nc")
+    params = small_params(tmp_path, "", source="sea_ice")
+    params["sea_ice"].update(consolidated_file=str(tmp_path / "sic.nc"), land_mask_file=str(tmp_path / "mask.nc"))
+    path, summary = make_downscaling_data.make_dataset(params, factor=4, progress=False)
+    assert os.path.basename(path) == "sic4.zarr" and summary["units"] == "fraction"
+    root = zarr.open_group(path, mode="r")
+    origin = {s: root[s]["origin"][:] for s in ("train", "val", "test")}
+    # data.split 0.7 / 0.15 / 0.15 of 10 days: days 0-6 train, 7-8 (round(1.5) = 2) val, day 9 test;
+    # each part is one event whose time index counts from its first day
+    assert root.attrs["events"] == {"train": ["sea_ice-train"], "val": ["sea_ice-val"], "test": ["sea_ice-test"]}
+    first_day = {"train": 0, "val": 7, "test": 9}
+    assert set(origin["train"][:, 1]) == set(range(7)) and set(origin["test"][:, 1]) == {0}
+    for s in origin:
+        assert not np.any((origin[s][:, 2] == 0) & (origin[s][:, 3] == 0))  # no crop with land
+        hr = root[s]["hr"][:]
+        for k, (_, t, y, x) in enumerate(origin[s]):
+            assert np.array_equal(hr[k, 0, 0], conc[first_day[s] + t, y:y + 48, x:x + 48])
