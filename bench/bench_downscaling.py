@@ -54,14 +54,20 @@ def main():
     with open(os.path.join(out, "experiments.csv"), newline="") as fh:
         rows = list(csv.DictReader(fh))
     print(f"\nbench_downscaling: {args.ids} with {args.budget:g} CPU s each, {(time.time() - started) / 60:.1f} min wall")
+    report(rows, downscaling.EXPERIMENT_STEPS * params["downscaling"]["batch_size"])
+
+
+def report(rows, samples_per_epoch):
+    """Print the table and the checks of issue 13 from the rows of experiments.csv."""
     print(f"{'run':<26}{'epochs':>7}{'CPU s':>8}{'samples/s':>10}{'CPU s/sample':>13}{'RMSE':>8}{'SSIM':>8}"
           f"{'max rel mass':>13}{'neg num':>9}")
-    step = downscaling.EXPERIMENT_STEPS * params["downscaling"]["batch_size"]  # samples per epoch
+    step = samples_per_epoch
     for r in rows:
-        trained = r["epochs"] and float(r["epochs"]) * step
-        per_sample = f"{float(r['cpu_s']) / trained:.3f}" if trained else ""
-        print(f"{r['run']:<26}{r['epochs'] or '':>7}{(r['cpu_s'] and f'{float(r['cpu_s']):.0f}') or '':>8}"
-              f"{(r['samples_per_s'] and f'{float(r['samples_per_s']):.1f}') or '':>10}{per_sample:>13}"
+        trained = float(r["epochs"]) * step if r["epochs"] else 0
+        cpu = float(r["cpu_s"]) if r["cpu_s"] else None
+        speed = float(r["samples_per_s"]) if r["samples_per_s"] else None
+        print(f"{r['run']:<26}{r['epochs'] or '':>7}{'' if cpu is None else f'{cpu:.0f}':>8}"
+              f"{'' if speed is None else f'{speed:.1f}':>10}{f'{cpu / trained:.3f}' if trained else '':>13}"
               f"{float(r['rmse']):8.4f}{float(r['ssim']):8.4f}{float(r['max_rel_mass_violation']):13.2e}"
               f"{int(float(r['neg_num'])):9d}")
     by_run = {r["id"] or r["run"]: r for r in rows}
