@@ -333,7 +333,8 @@ class VoxelFlow(nn.Module):
         m    = sigmoid(k(first, last))
         mid  = warp(last, +flow) + m * (warp(first, -flow) - warp(last, +flow))
     Swapping the frames reverses the flow, so two equal frames give zero flow and mid = the
-    frame, exactly. h, w must be multiples of 4.
+    frame, exactly. The last layer starts at zero: the untrained network returns the mean of the
+    two frames. h, w must be multiples of 4.
     """
 
     def __init__(self, number_channels=16, max_shift=4.0, input_transform=("none", 0.0, 1.0)):
@@ -346,6 +347,8 @@ class VoxelFlow(nn.Module):
         self.bottom = nn.Sequential(conv3x3(2 * c, 2 * c), nn.ReLU())
         self.up2 = nn.Sequential(conv3x3(4 * c, c), nn.ReLU())
         self.up1 = nn.Sequential(conv3x3(2 * c, c), nn.ReLU(), nn.Conv2d(c, 3, 1))
+        nn.init.zeros_(self.up1[-1].weight)  # start from zero flow and m = 0.5: the mean of the two frames
+        nn.init.zeros_(self.up1[-1].bias)
 
     def _net(self, a, b):
         d1 = self.down1(torch.cat([self.features(a), self.features(b)], dim=1))
