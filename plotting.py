@@ -788,6 +788,35 @@ def plot_verification(metrics, score, out_path, title="Verification"):
 
 
 # --------------------------------------------------------------------------- downscaling
+def _field_norms(fields, delta, units):
+    """(cmap, norm) shared by the fields and (cmap, norm) of the difference `delta` (or None)."""
+    finite = [f[np.isfinite(f)] for f in fields]
+    vmax = max(float(f.max()) if f.size else 0.0 for f in finite)
+    if units == "mm/h":
+        cmap, norm = rain_cmap_norm(vmax)
+    else:
+        vmin = min(float(f.min()) if f.size else 0.0 for f in finite)
+        cmap, norm = plt.get_cmap("viridis").with_extremes(bad=NAN_COLOUR), mcolors.Normalize(vmin, max(vmax, vmin + 1e-6))
+    if delta is None:
+        return (cmap, norm), None
+    limit = max(float(np.nanmax(np.abs(delta))) if np.isfinite(delta).any() else 0.0, 1e-6)
+    diff_norm = mcolors.SymLogNorm(linthresh=0.1, vmin=-limit, vmax=limit, base=10) if units == "mm/h" \
+        else mcolors.Normalize(-limit, limit)
+    return (cmap, norm), (plt.get_cmap("RdBu_r"), diff_norm)
+
+
+def _image_panel(fig, cell, field, cmap, norm, title, extent=None):
+    if isinstance(norm, mcolors.LogNorm):  # 0 mm/h is 'under' (white), not 'bad' (log of 0)
+        field = np.where(np.isfinite(field) & (field < norm.vmin), norm.vmin / 10, field)
+    ax = fig.add_subplot(cell)
+    image = ax.imshow(field, cmap=cmap, norm=norm, interpolation="nearest", extent=extent)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=9)
+    return image
+
+
 def plot_downscaling_panels(lr, hr, predictions, out_path, units="mm/h", title="Downscaling",
                             difference=None):
     """One row per crop: LR | HR | each prediction | difference of two predictions.
@@ -808,49 +837,24 @@ def plot_downscaling_panels(lr, hr, predictions, out_path, units="mm/h", title="
     labels = list(predictions)
     if difference is None and len(labels) >= 2:
         difference = (labels[-1], labels[0])
-    fields = [lr, hr, *predictions.values()]
-    n_rows, n_cols = hr.shape[0], len(fields) + (difference is not None)
+    delta = None if difference is None else predictions[difference[0]] - predictions[difference[1]]
+    fields, names = [lr, hr, *predictions.values()], ["LR", "HR", *labels]
+    (cmap, norm), diff_style = _field_norms(fields, delta, units)
+    n_rows, n_cols = hr.shape[0], len(fields) + (delta is not None)
     width, height = FIGSIZE["downscaling_panel"]
     fig = _figure("downscaling_panel", (width * n_cols + 1.4, height * n_rows + 0.7))
-    spec = fig.add_gridspec(n_rows, n_cols + 3, width_ratios=[1] * n_cols + [0.06, 0.45, 0.06], left=0.02, right=0.92,
-                            top=1 - 0.7 / (height * n_rows + 0.7), bottom=0.02, wspace=0.1, hspace=0.15)
-    finite = [f[np.isfinite(f)] for f in fields]
-    vmax = max(float(f.max()) if f.size else 0.0 for f in finite)
-    if units == "mm/h":
-        cmap, norm = rain_cmap_norm(vmax)
-    else:
-        vmin = min(float(f.min()) if f.size else 0.0 for f in finite)
-        cmap, norm = plt.get_cmap("viridis").with_extremes(bad=NAN_COLOUR), mcolors.Normalize(vmin, max(vmax, vmin + 1e-6))
-    names = ["LR", "HR", *labels]
-    diff_image = None
-    if difference is not None:
-        a, b = difference
-        delta = predictions[a] - predictions[b]
-        limit = max(float(np.nanmax(np.abs(delta))) if np.isfinite(delta).any() else 0.0, 1e-6)
-        diff_norm = mcolors.SymLogNorm(linthresh=0.1, vmin=-limit, vmax=limit, base=10) if units == "mm/h" \
-            else mcolors.Normalize(-limit, limit)
+    spec = fig.add_gridspec(n_rows, n_cols + 3, width_ratios=[1] * n_cols + [0.06, 0.45, 0.06], left=0.02,
+                            right=0.92, top=1 - 0.7 / (height * n_rows + 0.7), bottom=0.02, wspace=0.1, hspace=0.15)
     for row in range(n_rows):
         for col, (name, stack) in enumerate(zip(names, fields)):
-            field = stack[row]
-            if isinstance(norm, mcolors.LogNorm):  # 0 mm/h is 'under' (white), not 'bad'
-                field = np.where(np.isfinite(field) & (field < norm.vmin), norm.vmin / 10, field)
-            ax = fig.add_subplot(spec[row, col])
-            image = ax.imshow(field, cmap=cmap, norm=norm, interpolation="nearest",
-                              extent=(0, hr.shape[2], hr.shape[1], 0))
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if row == 0:
-                ax.set_title(name, fontsize=9)
-        if difference is not None:
-            ax = fig.add_subplot(spec[row, n_cols - 1])
-            diff_image = ax.imshow(delta[row], cmap=plt.get_cmap("RdBu_r"), norm=diff_norm, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if row == 0:
-                ax.set_title(f"{a} - {b}", fontsize=9)
+            image = _image_panel(fig, spec[row, col], stack[row], cmap, norm, name if row == 0 else None,
+                                 extent=(0, hr.shape[2], hr.shape[1], 0))
+        if delta is not None:
+            diff_image = _image_panel(fig, spec[row, n_cols - 1], delta[row], *diff_style,
+                                      f"{difference[0]} - {difference[1]}" if row == 0 else None)
     fig.colorbar(image, cax=fig.add_subplot(spec[:, n_cols]), label=units,
                  extend="min" if units == "mm/h" else "neither")
-    if diff_image is not None:
+    if delta is not None:
         fig.colorbar(diff_image, cax=fig.add_subplot(spec[:, n_cols + 2]), label=f"difference ({units})")
     note = " (white: < 0.1 mm/h)" if units == "mm/h" else ""
     fig.suptitle(f"{title}{note}", fontsize=10)

@@ -321,3 +321,17 @@ def test_sea_ice_source_splits_days_in_time_and_leaves_out_land(tmp_path):
         hr = root[s]["hr"][:]
         for k, (_, t, y, x) in enumerate(origin[s]):
             assert np.array_equal(hr[k, 0, 0], conc[first_day[s] + t, y:y + 48, x:x + 48])
+
+
+def test_panel_figure_size_and_bad_shapes(tmp_path):
+    import matplotlib.image
+    import plotting
+    rng = np.random.default_rng(7)
+    hr = rng.gamma(0.5, 3.0, (2, 32, 32))
+    lr = hr.reshape(2, 8, 4, 8, 4).mean(axis=(2, 4))
+    path = plotting.plot_downscaling_panels(lr, hr, {"none": hr * 0.9, "softmax": hr}, str(tmp_path / "p.png"))
+    width, height = plotting.FIGSIZE["downscaling_panel"]
+    assert matplotlib.image.imread(path).shape[:2] == (round((height * 2 + 0.7) * plotting.DPI),
+                                                       round((width * 5 + 1.4) * plotting.DPI))
+    with pytest.raises(ValueError, match="expected lr"):
+        plotting.plot_downscaling_panels(lr, hr, {"none": hr[:, :16]}, str(tmp_path / "q.png"))
