@@ -236,8 +236,9 @@ SCHEMA = Section(
                        minimum=1),
         lr=Key(NUM, 1e-3, "AdamW learning rate", minimum=0),
         weight_decay=Key(NUM, 1e-9, "AdamW weight decay (the seed's default)", minimum=0),
-        cpu_budget=Key(NUM, 0, "stop training after the epoch that passes this much CPU time (process time, "
-                       "all threads); 0: no limit", "s", minimum=0),
+        cpu_budget=Key(NUM, 0, "stop training before an epoch that would pass this much CPU time (process "
+                       "time, all threads; at the mean cost of the epochs so far; the first epoch always runs); "
+                       "0: no limit", "s", minimum=0),
         ensemble_members=Key(int, 10, "gan: generator draws per crop at evaluation (CRPS; scores use their "
                              "mean)", minimum=1),
         eval_split=Key(str, "test", "split that the scores are computed on (the seed's --test_val_train)",

@@ -19,7 +19,8 @@ to <outputs>/<model_id>/. Loss: MSE in [0, 1] units; with --loss mass_constraint
 --constraints soft) alpha * MSE(agg(y), x) + (1 - alpha) * MSE(y, hr), the seed's soft constraint,
 where x = agg(hr) exactly because the LR data are block means of the HR data. The GAN adds a
 discriminator (BCE) and weighs its adversarial loss by adv_factor beside the MSE content loss.
---cpu_budget S stops after the epoch that passes S CPU seconds (process time).
+--cpu_budget S stops before an epoch that would pass S CPU seconds (process time, at the mean cost of
+the epochs so far; the first epoch always runs).
 
 Evaluation (also after training, with best.pt): the scores of metrics.DownscalingAccumulator in
 physical units over the whole eval split (downscaling.eval_split, default test = the held-out
@@ -166,13 +167,15 @@ class DownscalingTask:
         return denormalize(y, self.lo, self.hi, "none")
 
     def set_epoch(self, epoch):
-        """Called by training.fit before each epoch: raises BudgetSpent when the CPU budget (self.budget =
-        (process time at the start, seconds) or None) is spent and this call already ran an epoch."""
+        """Called by training.fit before each epoch: raises BudgetSpent when another epoch, at the mean CPU
+        time of the epochs so far, would pass the budget (self.budget = (process time at the start,
+        seconds) or None). The first epoch always runs."""
         if self.budget is not None:
             started, limit = self.budget
             spent = time.process_time() - started
-            if self._epochs_run and spent >= limit:
-                raise BudgetSpent(f"CPU budget {limit:g} s spent ({spent:.0f} s) after {epoch} epochs")
+            if self._epochs_run and spent * (self._epochs_run + 1) / self._epochs_run > limit:
+                raise BudgetSpent(f"{spent:.0f} CPU s spent after {epoch} epochs; one more would pass the "
+                                  f"budget of {limit:g} s")
             self._epochs_run += 1
 
     def train_step(self, model, batch, optimizer, device, amp):
@@ -250,8 +253,8 @@ class BudgetSpent(Exception):
 
 def train(params, task, model, run, resume=False):
     """Train with training.fit (checkpoints and train_log.csv in <outputs>/<model_id>/). With
-    downscaling.cpu_budget > 0, stop before the first epoch that starts after that much CPU time
-    (process time of this process; data loading runs in it, num_workers = 0).
+    downscaling.cpu_budget > 0, stop before an epoch that would pass that much CPU time at the mean
+    cost of the epochs so far (process time of this process; data loading runs in it, num_workers 0).
     Returns (best checkpoint path, epochs done, CPU seconds of this call)."""
     down, fit_params = params["downscaling"], run_params(params, task)
     start = time.process_time()

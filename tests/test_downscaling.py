@@ -335,3 +335,16 @@ def test_panel_figure_size_and_bad_shapes(tmp_path):
                                                        round((width * 5 + 1.4) * plotting.DPI))
     with pytest.raises(ValueError, match="expected lr"):
         plotting.plot_downscaling_panels(lr, hr, {"none": hr[:, :16]}, str(tmp_path / "q.png"))
+
+
+def test_cpu_budget_stops_before_an_epoch_that_would_pass_it(rr4):
+    import time
+    task = downscaling.DownscalingTask(small_params(rr4["tmp"], ""), rr4["path"])
+    task.budget, task._epochs_run = (time.process_time() - 10.0, 18.0), 0
+    task.set_epoch(0)  # the first epoch always runs, whatever was spent
+    task._epochs_run = 1  # one epoch took ~10 s: a second would end near 20 s > 18 s
+    with pytest.raises(downscaling.BudgetSpent, match="budget of 18"):
+        task.set_epoch(1)
+    task.budget, task._epochs_run = (time.process_time() - 10.0, 25.0), 1
+    task.set_epoch(1)  # 20 s < 25 s: goes on
+    assert task._epochs_run == 2
