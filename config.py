@@ -213,6 +213,69 @@ SCHEMA = Section(
                         "weighted_mse: weight below the first threshold, then above each", items=NUM),
         ),
     ),
+    downscaling=Section(
+        doc="physics-constrained downscaling, seed 003 (make_downscaling_data.py, downscaling.py)",
+        data_dir=Key(str, "data/downscaling", "LR-HR stores <data_dir>/<dataset>.zarr"),
+        outputs=Key(str, "outputs/downscaling", "runs <outputs>/<model_id>/ (checkpoints, train_log.csv, scores), "
+                    "experiment tables and panels"),
+        source=Key(str, "radar", "HR fields: radar = <radar_dir>/<event>.npz (rain_rate, mm/h); raw = raw cases "
+                   "<paths.raw_dataset>/<case>/radar/*.npy; sea_ice = sea_ice.consolidated_file (fraction, "
+                   "land from sea_ice.land_mask_file); generated = generate_data.py rain cases",
+                   choices=("radar", "raw", "sea_ice", "generated")),
+        radar_dir=Key(str, "../shared/data/radar", "folder of radar events <event>.npz; when it is absent, "
+                      "source radar falls back to generated rain cases"),
+        factor=Key(int, 4, "make_downscaling_data.py: LR = means of factor x factor HR blocks (2, 4, 8)", minimum=2),
+        frames=Key(int, 1, "make_downscaling_data.py: consecutive frames per sample (3: the temporal set T1)",
+                   "frames", minimum=1),
+        crop_size=Key(int, 128, "HR crop side (a multiple of 8)", "pixels", minimum=16),
+        wet_threshold=Key(NUM, 0.1, "a pixel is wet at or above this (rain; sea ice counts ice >= 0.15)", "mm/h"),
+        min_wet_fraction=Key(NUM, 0.05, "crops with a smaller wet fraction (mean over the frames) are left out",
+                             "fraction", minimum=0),
+        max_crops=Section(
+            "crops per split at most, chosen evenly among the candidates (in time and space)",
+            train=Key(int, 1024, "training crops", minimum=1),
+            val=Key(int, 128, "validation crops", minimum=1),
+            test=Key(int, 256, "test crops", minimum=1),
+        ),
+        val_events=Key(list, ["fmi-20170509"], "validation events (model selection)", items=str),
+        test_events=Key(list, ["fmi-20160928"], "held-out test events (the tables); never used to choose "
+                        "settings. When none of val_events/test_events exists in the source, the last event "
+                        "is the test event and the one before it the validation event", items=str),
+        dataset=Key(str, "rr4", "store name under data_dir (rr2, rr4, rr8, rr4t3, sic4, ...)"),
+        model=Key(str, "cnn", "network", choices=("cnn", "gan", "convgru", "flowconvgru")),
+        model_id=Key(str, "", "run name (folder under outputs); empty: <dataset>_<model>_<constraints>"),
+        constraints=Key(str, "none", "constraint layer on the output (soft: penalty in the loss, no layer)",
+                        choices=("none", "soft", "add", "mult", "softmax", "scadd")),
+        loss=Key(str, "mse", "mse, or mass_constraints = alpha * MSE(agg(y), x) + (1 - alpha) * MSE(y, hr) "
+                 "(constraints soft implies it)", choices=("mse", "mass_constraints")),
+        alpha=Key(NUM, 0.99, "weight of the mass term of mass_constraints (0..1)", minimum=0),
+        adv_factor=Key(NUM, 1e-4, "gan: weight of the adversarial loss beside the MSE content loss", minimum=0),
+        input_transform=Key(str, "auto", "what the networks see of the LR input (the constraint layers use it "
+                            "unchanged): log1p of the physical value scaled to 0..1, or the [0, 1] value itself; "
+                            "auto: log1p for rain rate (mm/h), none otherwise", choices=("auto", "log1p", "none")),
+        number_channels=Key(int, 32, "feature channels of the networks", minimum=1),
+        number_residual_blocks=Key(int, 4, "residual blocks at LR", minimum=0),
+        upsampling_factor=Key(int, None, "null: the dataset's factor; a value must equal it", nullable=True,
+                              minimum=2),
+        epochs=Key(int, 20, "training epochs", minimum=1),
+        steps_per_epoch=Key(int, 0, "optimiser steps per epoch (validation and checkpoints after each); 0: one "
+                            "pass over the training crops, as the seed", "steps", minimum=0),
+        batch_size=Key(int, 8, "crops per step (the seed: 64; on a CPU budget more, smaller steps learn faster)",
+                       minimum=1),
+        lr=Key(NUM, 1e-3, "AdamW learning rate", minimum=0),
+        weight_decay=Key(NUM, 1e-9, "AdamW weight decay (the seed's default)", minimum=0),
+        cpu_budget=Key(NUM, 0, "stop training before an epoch that would pass this much CPU time (process "
+                       "time, all threads; at the mean cost of the epochs so far; the first epoch always runs); "
+                       "0: no limit", "s", minimum=0),
+        ensemble_members=Key(int, 10, "gan: generator draws per crop at evaluation (CRPS; scores use their "
+                             "mean)", minimum=1),
+        eval_split=Key(str, "test", "split that the scores are computed on (the seed's --test_val_train)",
+                       choices=("train", "val", "test")),
+        seed=Key(int, 0, "seed of the random number generators (training, noise of the GAN)"),
+        panels=Key(int, 3, "test crops shown in the panel figures (the rainiest)", minimum=0),
+        experiment_budget=Key(NUM, 60, "--experiments: CPU seconds of training per experiment (epochs of "
+                              "steps_per_epoch steps, 16 when that is 0; at least one epoch)", "s", minimum=1),
+    ),
     evaluation=Section(
         required=True, doc="evaluate.py and the final test of training.py",
         thresholds=Key(list, [0.5, 1.0, 2.0, 5.0, 10.0], "categorical score thresholds", "mm/h", items=NUM),
@@ -333,6 +396,11 @@ def _check_consistency(params):
     for key in ("mask_threshold", "max_missing_fraction"):
         if params["sea_ice"][key] > 1:
             raise UserError(f"sea_ice.{key}: expected a fraction between 0 and 1, got {params['sea_ice'][key]!r}")
+    down = params["downscaling"]
+    if down["alpha"] > 1:
+        raise UserError(f"downscaling.alpha: expected a weight between 0 and 1, got {down['alpha']}")
+    if down["crop_size"] % 8:
+        raise UserError(f"downscaling.crop_size: expected a multiple of 8 (the largest factor), got {down['crop_size']}")
     roi = params["sea_ice"]["roi"]
     if roi is not None and (len(roi) != 4 or roi[0] >= roi[1] or roi[2] >= roi[3]):
         raise UserError(f"sea_ice.roi: expected [ymin, ymax, xmin, xmax] with min < max, got {roi}")

@@ -4,7 +4,9 @@ Each step is the shell command a user would type (printed before it runs), so
 this file doubles as a worked example of the README. Sea ice: synthetic
 Bremen days served by a loopback mirror -> download.py -> create_mask.py ->
 consolidate_data.py -> inspection tools and maps. Nowcasting: synthetic raw
-cases -> preproc.py -> training.py -> evaluate.py -> plots. A step whose script
+cases -> preproc.py -> training.py -> evaluate.py -> plots. Downscaling: generated rain ->
+make_downscaling_data.py -> downscaling.py --experiments E3,E4 (SR-CNN without and with the
+softmax constraint, a few CPU seconds each) -> table and panels. A step whose script
 does not exist yet is skipped and said so. Ends with a summary of what it wrote.
 
     python demo.py [--out outputs/demo] [--days 20] [--size 896x608]
@@ -48,6 +50,7 @@ def demo_params(out):
                            sea_ice_data=f"{out}/asi", checkpoints=f"{out}/checkpoints", outputs=out)
     params["data"].update(patch_size=64, input_steps=6, lead_steps=1, output_steps=6)  # 5 .. 30 min ahead
     params["training"].update(epochs=8, steps_per_epoch=40, val_steps=5, batch_size=8, num_workers=0)
+    params["downscaling"].update(data_dir=f"{out}/downscaling/data", outputs=f"{out}/downscaling")
     path = os.path.join(ROOT, out, "params.json")
     with open(path, "w") as fh:
         json.dump(config.validate(params), fh, indent=2)
@@ -159,6 +162,11 @@ def main(argv=None):
         run([py, "evaluate.py", "--config", cfg, "--checkpoint", f"{out}/checkpoints/best.pt",
              "--predict", f"{out}/raw_dataset/{test_case}", "--t0", t0,
              "--output", f"{out}/forecasts/{test_case}_{t0}.nc"], log)
+
+    # ---- downscaling (seed 003): LR-HR pairs from generated rain, SR-CNN without / with the softmax layer
+    run([py, "make_downscaling_data.py", "--config", cfg, "--source", "generated", "--factor", "4"], log)
+    run([py, "downscaling.py", "--config", cfg, "--experiments", "E3,E4", "--steps_per_epoch", "8",
+         "--experiment_budget", "5"], log)
     summarize(out, log, time.time() - start_time)
     return 0
 

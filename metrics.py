@@ -413,6 +413,29 @@ def psnr(pred, obs, data_range=None, mask=None):
     return np.inf if error == 0 else float(10.0 * np.log10(data_range ** 2 / error))
 
 
+def _ssim_maps(pred, obs, data_range, sigma=1.5, truncate=3.5, k1=0.01, k2=0.03):
+    """Luminance and contrast-structure maps of SSIM (Wang et al. 2004, eqs. 6, 9, 13).
+
+    pred, obs: float64 (..., H, W) without NaN; Gaussian-weighted local statistics over the last
+    two axes (weights summing to one, no sample correction). Returns (l, cs), each (..., H, W):
+    l = (2 mu_p mu_o + C1) / (mu_p^2 + mu_o^2 + C1), cs = (2 cov + C2) / (var_p + var_o + C2),
+    C1 = (k1 L)^2, C2 = (k2 L)^2, L = data_range; SSIM = l * cs. Only window centres at least
+    int(truncate * sigma + 0.5) pixels from every edge see their whole window.
+    """
+    sigmas = (0,) * (pred.ndim - 2) + (sigma, sigma)
+
+    def blur(x):
+        return ndimage.gaussian_filter(x, sigmas, mode="reflect", truncate=truncate)
+
+    mu_p, mu_o = blur(pred), blur(obs)
+    var_p = blur(pred * pred) - mu_p ** 2
+    var_o = blur(obs * obs) - mu_o ** 2
+    cov = blur(pred * obs) - mu_p * mu_o
+    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
+    return ((2 * mu_p * mu_o + c1) / (mu_p ** 2 + mu_o ** 2 + c1),
+            (2 * cov + c2) / (var_p + var_o + c2))
+
+
 @masked_as_missing
 def ssim(pred, obs, data_range=None, mask=None, sigma=1.5, truncate=3.5, k1=0.01, k2=0.03):
     """Structural similarity index (Wang et al. 2004), Gaussian-weighted, mean over the field.
@@ -423,10 +446,11 @@ def ssim(pred, obs, data_range=None, mask=None, sigma=1.5, truncate=3.5, k1=0.01
     L = data_range; variances with weights summing to one (no sample correction).
     The map is averaged over the window centres whose whole window lies inside the
     field and on valid pixels (finite in both, mask True); for a field without NaN
-    this is the definition of skimage's structural_similarity(gaussian_weights=True,
-    sigma=1.5, use_sample_covariance=False) with its border crop (tested against a
-    brute-force loop, not against skimage, which is not a dependency). A stack
-    (..., H, W) is treated frame by frame and the maps pooled.
+    this is scikit-image's structural_similarity(gaussian_weights=True, sigma=1.5,
+    use_sample_covariance=False, data_range=L) with its border crop (tested against
+    scikit-image and against a brute-force loop). A stack (..., H, W) is treated frame
+    by frame and the maps pooled (`ssim_sums` gives the pooled sum and count, for an
+    exact score over many batches).
 
     Parameters
     ----------
@@ -439,34 +463,83 @@ def ssim(pred, obs, data_range=None, mask=None, sigma=1.5, truncate=3.5, k1=0.01
     float
         SSIM in [-1, 1]; NaN when no window fits on valid pixels.
     """
+    total, count = ssim_sums(pred, obs, data_range, mask, sigma, truncate, k1, k2)
+    return float(total / count) if count else np.nan
+
+
+@masked_as_missing
+def ssim_sums(pred, obs, data_range=None, mask=None, sigma=1.5, truncate=3.5, k1=0.01, k2=0.03):
+    """(sum of the SSIM map over the usable window centres, number of those centres); see ssim.
+
+    Adding these over batches and dividing gives the SSIM of the whole set exactly.
+    """
     pred, obs = np.asarray(pred, dtype=np.float64), np.asarray(obs, dtype=np.float64)
     if pred.ndim < 2:
         raise ValueError(f"ssim needs fields (..., H, W), got shape {pred.shape}")
     valid = valid_pixels(pred, obs, mask)
     if not valid.any():
-        return np.nan
+        return 0.0, 0
     if data_range is None:
         data_range = float(obs[valid].max() - obs[valid].min())
     radius = int(truncate * sigma + 0.5)
-    lead = pred.ndim - 2
-    structure = np.ones((1,) * lead + (2 * radius + 1, 2 * radius + 1), dtype=bool)
+    structure = np.ones((1,) * (pred.ndim - 2) + (2 * radius + 1, 2 * radius + 1), dtype=bool)
     centres = ndimage.binary_erosion(valid, structure=structure, border_value=0)
     if not centres.any():
-        return np.nan
-    p, o = np.where(valid, pred, 0.0), np.where(valid, obs, 0.0)
-    sigmas = (0,) * lead + (sigma, sigma)
+        return 0.0, 0
+    luminance, contrast_structure = _ssim_maps(np.where(valid, pred, 0.0), np.where(valid, obs, 0.0),
+                                               data_range, sigma, truncate, k1, k2)
+    return float(np.sum((luminance * contrast_structure)[centres])), int(np.count_nonzero(centres))
 
-    def blur(x):
-        return ndimage.gaussian_filter(x, sigmas, mode="reflect", truncate=truncate)
 
-    mu_p, mu_o = blur(p), blur(o)
-    var_p = blur(p * p) - mu_p ** 2
-    var_o = blur(o * o) - mu_o ** 2
-    cov = blur(p * o) - mu_p * mu_o
-    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
-    ssim_map = ((2 * mu_p * mu_o + c1) * (2 * cov + c2)
-                / ((mu_p ** 2 + mu_o ** 2 + c1) * (var_p + var_o + c2)))
-    return float(ssim_map[centres].mean())
+MS_SSIM_BETAS = (0.2856, 0.3001, 0.2363)  # the seed's three scales (Wang et al. 2003 weights 2-4)
+
+
+def ms_ssim_frames(pred, obs, data_range, betas=MS_SSIM_BETAS, sigma=1.5, truncate=3.5, k1=0.01, k2=0.03):
+    """Multi-scale SSIM (Wang, Simoncelli and Bovik 2003, eq. 7) of every frame: (...,) array.
+
+    Scale j = 1..M (M = len(betas)): the fields averaged over 2 x 2 blocks j - 1 times (odd edge
+    rows/columns dropped); cs_j = mean of the contrast-structure map over the window centres that
+    see their whole window; the last scale uses SSIM_M = mean of l * cs instead. Negative means
+    are set to 0 (torchmetrics' normalize="relu"), then
+        MS-SSIM = SSIM_M ^ beta_M * prod_{j < M} cs_j ^ beta_j.
+    This is torchmetrics' multiscale_structural_similarity_index_measure (the seed's scorer) with
+    kernel 11, sigma 1.5 and the seed's betas (0.2856, 0.3001, 0.2363): the coarsest of three
+    scales of a 128 x 128 field is 32 x 32, still larger than the 11 x 11 window.
+
+    pred, obs: (..., H, W) finite (ValueError otherwise), H and W >= 11 * 2^(M - 1).
+    data_range: L of the constants C1, C2 (the same at every scale).
+    """
+    pred, obs = np.asarray(pred, dtype=np.float64), np.asarray(obs, dtype=np.float64)
+    if pred.shape != obs.shape or pred.ndim < 2:
+        raise ValueError(f"ms_ssim needs two fields (..., H, W) of one shape, got {pred.shape}, {obs.shape}")
+    if not (np.isfinite(pred).all() and np.isfinite(obs).all()):
+        raise ValueError("ms_ssim needs finite fields (no NaN)")
+    radius = int(truncate * sigma + 0.5)
+    smallest = min(pred.shape[-2:]) // 2 ** (len(betas) - 1)
+    if smallest < 2 * radius + 1:
+        raise ValueError(f"ms_ssim with {len(betas)} scales needs fields of at least "
+                         f"{(2 * radius + 1) * 2 ** (len(betas) - 1)} pixels, got {pred.shape[-2:]}")
+    result = np.ones(pred.shape[:-2])
+    for j, beta in enumerate(betas):
+        if j:
+            pred, obs = (_halve(field) for field in (pred, obs))
+        luminance, contrast_structure = _ssim_maps(pred, obs, data_range, sigma, truncate, k1, k2)
+        term = contrast_structure if j < len(betas) - 1 else luminance * contrast_structure
+        mean = term[..., radius:term.shape[-2] - radius, radius:term.shape[-1] - radius].mean(axis=(-2, -1))
+        result = result * np.maximum(mean, 0.0) ** beta
+    return result
+
+
+def _halve(field):
+    """Mean over 2 x 2 blocks of the last two axes (odd edge rows/columns dropped)."""
+    height, width = field.shape[-2] // 2 * 2, field.shape[-1] // 2 * 2
+    field = field[..., :height, :width]
+    return field.reshape(*field.shape[:-2], height // 2, 2, width // 2, 2).mean(axis=(-3, -1))
+
+
+def ms_ssim(pred, obs, data_range, betas=MS_SSIM_BETAS):
+    """Mean MS-SSIM over the frames of a stack (..., H, W); see ms_ssim_frames."""
+    return float(np.mean(ms_ssim_frames(pred, obs, data_range, betas)))
 
 
 @masked_as_missing
@@ -839,3 +912,94 @@ class FSSAccumulator:
         if self.sums is None:
             raise ValueError("no data: call update() first")
         return {"fss": _fss_from_sums(*self.sums)}
+
+
+class DownscalingAccumulator:
+    """Super-resolution scores of seed 003 (Harder et al. 2023, table 2) over a whole set, exactly.
+
+    Parameters
+    ----------
+    factor : int
+        Upsampling factor f: each LR pixel is the mean of an f x f block of HR pixels.
+    data_range : float
+        L of PSNR, SSIM and MS-SSIM: max - min of the set's HR fields (the seed's choice).
+
+    update(pred, obs, lr, ensemble=None) adds one batch, all in physical units (mm/h, fraction):
+        pred, obs  (N, ..., H, W)    prediction and true HR fields (finite)
+        lr         (N, ..., h, w)    the LR input, h = H / f
+        ensemble   (M, N, ..., H, W) optional members (GAN draws; pred is then their mean)
+
+    scores() -> dict of floats:
+        mse, rmse, mae, bias (mean pred - obs), corr (Pearson r): over all pixels
+        psnr            10 log10(L^2 / mse), dB
+        ssim            Gaussian SSIM map pooled over all frames (see ssim)
+        ms_ssim         mean over frames of ms_ssim_frames (NaN for frames too small for 3 scales)
+        mean_abs_bias   mean over frames of |mean over the frame of (pred - obs)|
+        mass_violation  mean over LR pixels of |agg(pred) - lr| (agg = block mean)
+        max_rel_mass_violation  max over LR pixels of |agg(pred) - lr| / max(|lr|, agg(|pred|)):
+                        the error of the block mean relative to the size of the values in the block
+                        (0 for an all-zero block; with an ensemble, agg(|member|) of every member
+                        also counts, since float rounding scales with the members' values)
+        neg_mean        sum of min(pred, 0) / number of pixels (the seed's 'neg mean')
+        neg_num         number of pixels with pred < 0
+        crps            CRPS of the ensemble (crps_ensemble); without one, that of pred as a
+                        single member, which is its MAE
+        n_frames, n_pixels
+    Every score adds sums over the batches and divides once at the end.
+    """
+
+    def __init__(self, factor, data_range):
+        self.factor, self.data_range = int(factor), float(data_range)
+        self.continuous = ContinuousAccumulator()
+        self.sums = dict.fromkeys(("ssim", "ssim_n", "ms_ssim", "frames", "abs_bias", "mass", "blocks",
+                                   "neg_sum", "neg_num", "crps", "pixels"), 0.0)
+        self.max_rel = 0.0
+
+    def _block_mean(self, x):
+        f = self.factor
+        return x.reshape(*x.shape[:-2], x.shape[-2] // f, f, x.shape[-1] // f, f).mean(axis=(-3, -1))
+
+    def update(self, pred, obs, lr, ensemble=None):
+        pred, obs, lr = (np.asarray(a, dtype=np.float64) for a in (pred, obs, lr))
+        if pred.shape != obs.shape or lr.shape != pred.shape[:-2] + (pred.shape[-2] // self.factor,
+                                                                     pred.shape[-1] // self.factor):
+            raise ValueError(f"expected pred and obs (..., H, W) and lr (..., H/{self.factor}, W/{self.factor}); "
+                             f"got {pred.shape}, {obs.shape}, {lr.shape}")
+        s = self.sums
+        self.continuous.update(pred, obs)
+        total, count = ssim_sums(pred, obs, self.data_range)
+        s["ssim"] += total
+        s["ssim_n"] += count
+        frames = pred.reshape(-1, *pred.shape[-2:]), obs.reshape(-1, *obs.shape[-2:])
+        try:
+            s["ms_ssim"] += float(np.sum(ms_ssim_frames(*frames, self.data_range)))
+        except ValueError:  # too small for three scales
+            s["ms_ssim"] = np.nan
+        s["frames"] += frames[0].shape[0]
+        s["abs_bias"] += float(np.sum(np.abs(np.mean(frames[0] - frames[1], axis=(-2, -1)))))
+        error = np.abs(self._block_mean(pred) - lr)
+        s["mass"] += float(error.sum())
+        s["blocks"] += error.size
+        scale = np.maximum(np.abs(lr), self._block_mean(np.abs(pred)))
+        if ensemble is not None:  # the members' values set the float precision of their mean
+            scale = np.maximum(scale, self._block_mean(np.abs(np.asarray(ensemble, dtype=np.float64))).max(axis=0))
+        relative = np.divide(error, scale, out=np.zeros_like(error), where=scale > 0)
+        self.max_rel = max(self.max_rel, float(relative.max(initial=0.0)))
+        s["neg_sum"] += float(np.minimum(pred, 0).sum())
+        s["neg_num"] += int(np.count_nonzero(pred < 0))
+        members = pred[None] if ensemble is None else np.asarray(ensemble, dtype=np.float64)
+        s["crps"] += crps_ensemble(members, obs) * obs.size
+        s["pixels"] += obs.size
+
+    def scores(self):
+        s = self.sums
+        if not s["pixels"]:
+            raise ValueError("no data: call update() first")
+        out = {k: float(v) for k, v in self.continuous.scores().items() if k in ("mse", "rmse", "mae", "bias", "corr")}
+        out["psnr"] = float(10 * np.log10(self.data_range ** 2 / out["mse"])) if out["mse"] > 0 else np.inf
+        out.update(ssim=s["ssim"] / s["ssim_n"] if s["ssim_n"] else np.nan, ms_ssim=s["ms_ssim"] / s["frames"],
+                   mean_abs_bias=s["abs_bias"] / s["frames"], mass_violation=s["mass"] / s["blocks"],
+                   max_rel_mass_violation=self.max_rel, neg_mean=s["neg_sum"] / s["pixels"],
+                   neg_num=int(s["neg_num"]), crps=s["crps"] / s["pixels"], n_frames=int(s["frames"]),
+                   n_pixels=int(s["pixels"]))
+        return out

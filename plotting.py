@@ -10,6 +10,8 @@ Nowcasting:
     plot_forecast_maps(prediction, lead_minutes, out_path)  a forecast file alone (evaluate.py --predict)
     plot_training_curves(log, out_path)                 train_log.csv of training.py
     plot_verification(metrics, score, out_path)         metrics.json of evaluate.py
+Downscaling:
+    plot_downscaling_panels(lr, hr, predictions, out_path)   LR | HR | SR ... | difference, per crop
 
 A `grid` is read from a file by `read_grid(ds, var)`: cell-centre x, y in metres
 (ascending) and the cartopy CRS built from the file's CF grid mapping, so the
@@ -57,6 +59,7 @@ FIGSIZE = {  # inches; PNG size = FIGSIZE * DPI
     "curves": (11.0, 4.5),
     "verification_panel": (4.2, 3.8),  # per panel; the figure grows with the panels
     "forecast_panel": (2.6, 2.5),  # per panel
+    "downscaling_panel": (2.4, 2.4),  # per panel
 }
 
 MapResult = namedtuple("MapResult", "path coastlines stride")
@@ -858,4 +861,78 @@ def plot_verification(metrics, score, out_path, title="Verification", thresholds
                ncol=min(len(legend), max(2, int(fig.get_figwidth() / 2.0))))
     against = "threshold" if against_threshold else "lead time"
     fig.suptitle(f"{title}: {long_name} ({score.upper()}) against {against}", fontsize=11)
+    return save_figure(fig, out_path)
+
+
+# --------------------------------------------------------------------------- downscaling
+def _field_norms(fields, delta, units):
+    """(cmap, norm) shared by the fields and (cmap, norm) of the difference `delta` (or None)."""
+    finite = [f[np.isfinite(f)] for f in fields]
+    vmax = max(float(f.max()) if f.size else 0.0 for f in finite)
+    if units == "mm/h":
+        cmap, norm = rain_cmap_norm(vmax)
+    else:
+        vmin = min(float(f.min()) if f.size else 0.0 for f in finite)
+        cmap, norm = plt.get_cmap("viridis").with_extremes(bad=NAN_COLOUR), mcolors.Normalize(vmin, max(vmax, vmin + 1e-6))
+    if delta is None:
+        return (cmap, norm), None
+    limit = max(float(np.nanmax(np.abs(delta))) if np.isfinite(delta).any() else 0.0, 1e-6)
+    diff_norm = mcolors.SymLogNorm(linthresh=0.1, vmin=-limit, vmax=limit, base=10) if units == "mm/h" \
+        else mcolors.Normalize(-limit, limit)
+    return (cmap, norm), (plt.get_cmap("RdBu_r"), diff_norm)
+
+
+def _image_panel(fig, cell, field, cmap, norm, title, extent=None):
+    if isinstance(norm, mcolors.LogNorm):  # 0 mm/h is 'under' (white), not 'bad' (log of 0)
+        field = np.where(np.isfinite(field) & (field < norm.vmin), norm.vmin / 10, field)
+    ax = fig.add_subplot(cell)
+    image = ax.imshow(field, cmap=cmap, norm=norm, interpolation="nearest", extent=extent)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=9)
+    return image
+
+
+def plot_downscaling_panels(lr, hr, predictions, out_path, units="mm/h", title="Downscaling",
+                            difference=None):
+    """One row per crop: LR | HR | each prediction | difference of two predictions.
+
+    lr (N, h, w), hr (N, H, W) and every predictions[label] (N, H, W) in physical units; H = f h.
+    difference: (label a, label b) draws a - b in the last column (default: the last prediction minus
+    the first when there are two or more; none with one). The fields share one colour scale: for
+    mm/h a log scale from 0.1 mm/h (white below), otherwise linear from the smallest to the largest
+    value; the difference has a symmetric scale of its own (symmetric log for mm/h). The LR field
+    is drawn over the same extent as the HR one (each LR pixel a block). Returns out_path.
+    """
+    lr, hr = np.asarray(lr, dtype=np.float32), np.asarray(hr, dtype=np.float32)
+    predictions = {k: np.asarray(v, dtype=np.float32) for k, v in predictions.items()}
+    if lr.ndim != 3 or hr.ndim != 3 or lr.shape[0] != hr.shape[0] or \
+            any(p.shape != hr.shape for p in predictions.values()):
+        raise ValueError(f"expected lr (N, h, w), hr and predictions (N, H, W); got {lr.shape}, {hr.shape}, "
+                         f"{ {k: v.shape for k, v in predictions.items()} }")
+    labels = list(predictions)
+    if difference is None and len(labels) >= 2:
+        difference = (labels[-1], labels[0])
+    delta = None if difference is None else predictions[difference[0]] - predictions[difference[1]]
+    fields, names = [lr, hr, *predictions.values()], ["LR", "HR", *labels]
+    (cmap, norm), diff_style = _field_norms(fields, delta, units)
+    n_rows, n_cols = hr.shape[0], len(fields) + (delta is not None)
+    width, height = FIGSIZE["downscaling_panel"]
+    fig = _figure("downscaling_panel", (width * n_cols + 1.4, height * n_rows + 0.7))
+    spec = fig.add_gridspec(n_rows, n_cols + 3, width_ratios=[1] * n_cols + [0.06, 0.45, 0.06], left=0.02,
+                            right=0.92, top=1 - 0.7 / (height * n_rows + 0.7), bottom=0.02, wspace=0.1, hspace=0.15)
+    for row in range(n_rows):
+        for col, (name, stack) in enumerate(zip(names, fields)):
+            image = _image_panel(fig, spec[row, col], stack[row], cmap, norm, name if row == 0 else None,
+                                 extent=(0, hr.shape[2], hr.shape[1], 0))
+        if delta is not None:
+            diff_image = _image_panel(fig, spec[row, n_cols - 1], delta[row], *diff_style,
+                                      f"{difference[0]} - {difference[1]}" if row == 0 else None)
+    fig.colorbar(image, cax=fig.add_subplot(spec[:, n_cols]), label=units,
+                 extend="min" if units == "mm/h" else "neither")
+    if delta is not None:
+        fig.colorbar(diff_image, cax=fig.add_subplot(spec[:, n_cols + 2]), label=f"difference ({units})")
+    note = " (white: < 0.1 mm/h)" if units == "mm/h" else ""
+    fig.suptitle(f"{title}{note}", fontsize=10)
     return save_figure(fig, out_path)

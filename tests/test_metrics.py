@@ -513,6 +513,7 @@ def _entry_points():
         ("fss", lambda p, o, m=None, land=None: metrics.fss(p, o, 1.0, 3, m)),
         ("psnr", lambda p, o, m=None, land=None: metrics.psnr(p, o, 10.0, m)),
         ("ssim", lambda p, o, m=None, land=None: metrics.ssim(p, o, 10.0, m)),
+        ("ssim_sums", lambda p, o, m=None, land=None: metrics.ssim_sums(p, o, 10.0, m)),
         ("negative_count", lambda p, o, m=None, land=None: metrics.negative_count(p - 3, m)),
         ("mass_violation", lambda p, o, m=None, land=None: metrics.mass_violation(p, o, m, block=4)),
         ("crps_ensemble", lambda p, o, m=None, land=None: metrics.crps_ensemble(np.ma.stack([p, p + 1]) if
@@ -559,7 +560,8 @@ def test_every_score_treats_masked_entries_as_nan(name, call):
 def test_every_public_score_and_baseline_is_covered():
     """A new score or baseline must go through missing_as_nan too (and be in _entry_points)."""
     import inspect
-    helpers = {"categorical_scores", "missing_as_nan", "masked_as_missing"}
+    # ms_ssim scores complete fields only (ValueError on a missing pixel): downscaling crops have none
+    helpers = {"categorical_scores", "missing_as_nan", "masked_as_missing", "ms_ssim", "ms_ssim_frames"}
     scores = {n for n, f in inspect.getmembers(metrics, inspect.isfunction)
               if not n.startswith("_") and f.__module__ == "metrics" and n not in helpers}
     assert all(hasattr(getattr(metrics, n), "__wrapped__") for n in scores), scores
