@@ -139,7 +139,8 @@ SCHEMA = Section(
     ),
     model=Section(
         required=True, doc="the network; `name` picks one, its options are in the section of that name",
-        name=Key(str, REQUIRED, "model registry name", choices=("convlstm_unet", "encoder_forecaster")),
+        name=Key(str, REQUIRED, "model registry name",
+                 choices=("convlstm_unet", "encoder_forecaster", "smaat_unet", "spark_unet")),
         convlstm_unet=Section(
             "ConvLSTM U-Net (seed 000)",
             base_channels=Key(int, 16, "hidden channels at the finest scale (doubled per level)", minimum=1),
@@ -158,6 +159,27 @@ SCHEMA = Section(
             peephole_size=Key(list, None, "null: peephole weights per channel, shared by all pixels (any frame size); "
                               "[H, W]: per channel and pixel as in Shi et al. (2015), for input frames of exactly "
                               "H x W", "pixels", items=int, nullable=True),
+        ),
+        smaat_unet=Section(
+            "SmaAt-UNet of Trebing et al. (2021), input frames stacked as channels (seed 004's baseline)",
+            base_channels=Key(int, 64, "channels at the finest scale (doubled per level, the deepest repeats)", minimum=1),
+            depth=Key(int, 5, "number of scales (5: four 2x2 poolings, as the paper)", minimum=1),
+            kernels_per_layer=Key(int, 2, "depthwise filters per input channel", minimum=1),
+            reduction=Key(int, 16, "CBAM channel-attention reduction ratio", minimum=1),
+        ),
+        spark_unet=Section(
+            "SpaT-SparK encoder-decoder (seed 004): ResNet encoder, translation network, light U-Net decoder; "
+            "input frames stacked as channels; pretrain.py pretrains it",
+            arch=Key(str, "resnet18", "encoder layout (torchvision's ResNet-18 / ResNet-50 blocks, random init)",
+                     choices=("resnet18", "resnet50")),
+            base_width=Key(int, 64, "encoder channels of the first stage (64 in torchvision; x2 per stage)", minimum=1),
+            decoder_width=Key(int, 512, "decoder channels at stride 32, halved at each of its 5 upsamplings "
+                              "(multiple of 32)", minimum=32),
+            densify_norm=Key(str, "bn", "norm of the encoder features before the decoder (bn: mask-aware batch norm)",
+                             choices=("bn", "ln", "none")),
+            transition=Key(str, "linearA", "translation network: linearA = a 1x1 conv per scale starting as the "
+                           "identity; conv = residual 3x3 convs per scale; none = identity",
+                           choices=("none", "linearA", "conv")),
         ),
     ),
     training=Section(
@@ -182,6 +204,26 @@ SCHEMA = Section(
             weights=Key(list, [1.0, 2.0, 5.0, 10.0, 30.0],
                         "weighted_mse: weight below the first threshold, then above each", items=NUM),
         ),
+    ),
+    pretraining=Section(
+        "pretrain.py: SparK masked image modelling of model.spark_unet on every frame of the training cases "
+        "(flag names as seed 004's)",
+        in_channels=Key(int, None, "stacked input channels = frames x data.inputs channels; null: data.input_steps "
+                        "x channels (must equal the fine-tuning model's for its first layer to load)",
+                        minimum=1, nullable=True),
+        bs=Key(int, 16, "batch size (seed: 128)", "samples", minimum=1),
+        mask=Key(NUM, 0.3, "ratio of the 32 x 32-pixel patches masked (seed pretraining: 0.3; SparK: 0.6)",
+                 "fraction", minimum=0),
+        mask_mode=Key(str, "spatial", "spatial: the same patches masked in every frame; spatiotemporal: drawn "
+                      "independently per frame", choices=("spatial", "spatiotemporal")),
+        ep=Key(int, 10, "epochs (seed: 1600)", "epochs", minimum=1),
+        wp_ep=Key(int, 1, "linear warm-up epochs, then cosine decay to 0 (seed: 40)", "epochs", minimum=0),
+        base_lr=Key(NUM, 2e-4, "AdamW peak learning rate = base_lr x bs / 256", minimum=0),
+        weight_decay=Key(NUM, 0.05, "AdamW weight decay", minimum=0),
+        steps_per_epoch=Key(int, 100, "training steps per epoch", minimum=1),
+        val_steps=Key(int, 10, "held-out batches (val split, fixed masks) scored per epoch", minimum=1),
+        exp_name=Key(str, "spark_pretrain", "run name: checkpoints in <paths.checkpoints>/<exp_name>/, log and "
+                     "panels in <paths.outputs>/<exp_name>/"),
     ),
     evaluation=Section(
         required=True, doc="evaluate.py and the final test of training.py",
@@ -298,6 +340,12 @@ def _check_consistency(params):
             target["channel"] not in params["data"]["inputs"][target["source"]]:
         raise UserError(f"data.target.channel: {target['channel']!r} is not a channel of input source "
                         f"{target['source']!r} {params['data']['inputs'][target['source']]}")
+    if not params["pretraining"]["mask"] < 1:
+        raise UserError(f"pretraining.mask: expected a ratio below 1 (some patches must stay visible), "
+                        f"got {params['pretraining']['mask']}")
+    if not params["pretraining"]["exp_name"] or os.sep in params["pretraining"]["exp_name"]:
+        raise UserError(f"pretraining.exp_name: expected a folder name without '{os.sep}', "
+                        f"got {params['pretraining']['exp_name']!r}")
     roi = params["sea_ice"]["roi"]
     if roi is not None and (len(roi) != 4 or roi[0] >= roi[1] or roi[2] >= roi[3]):
         raise UserError(f"sea_ice.roi: expected [ymin, ymax, xmin, xmax] with min < max, got {roi}")

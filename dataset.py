@@ -42,7 +42,7 @@ import zarr
 from torch.utils.data import DataLoader, Dataset
 
 from config import UserError
-from normalization import channel_list, sample_starts, window_steps
+from normalization import channel_list, frame_starts, sample_starts, window_steps
 
 SPLITS = ("train", "val", "test")
 
@@ -75,13 +75,23 @@ class ZarrPatchDataset(Dataset):
             self.grids.append(tuple(attrs["grid_shape"]))
             self.rain_blocks.append(attrs["rain_block"])
             self.times.append(root["time"][:])
-            starts = sample_starts(root["valid"][:], data)
+            starts = self._window_starts(root)
             rows.append(np.stack([np.full(len(starts), index, dtype=np.int64), starts], axis=1))
         self.sample_map = np.concatenate(rows)  # (N, 2): store index, first input step
         if not len(self.sample_map):
-            raise UserError(f"{split_dir}: no valid window of input_steps {self.input_steps} + lead_steps "
-                            f"{self.lead_steps} + output_steps {self.output_steps} in {len(self.paths)} stores")
+            raise UserError(f"{split_dir}: no valid window of {self._window_text()} in {len(self.paths)} stores")
         self._arrays, self._pid = {}, None
+
+    def _window_starts(self, root):
+        """First input step of every sample window of one opened store (see the module docstring)."""
+        return sample_starts(root["valid"][:], self.data)
+
+    def _window_text(self):
+        return f"input_steps {self.input_steps} + lead_steps {self.lead_steps} + output_steps {self.output_steps}"
+
+    def _rain_steps(self, start):
+        """Steps whose rain_max a rainy training crop is looked for in: the targets."""
+        return window_steps(start, self.data)[1]
 
     def __len__(self):
         return len(self.sample_map)
@@ -126,7 +136,7 @@ class ZarrPatchDataset(Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, int(index)])
         want_rain = rng.random() < self.rain_patch_prob
         if want_rain:
-            rain = self._store(store)["rain_max"][window_steps(start, self.data)[1]]
+            rain = self._store(store)["rain_max"][self._rain_steps(start)]
         for _ in range(self.crop_tries if want_rain else 1):
             y0, x0 = int(rng.integers(0, n_y - size_y + 1)), int(rng.integers(0, n_x - size_x + 1))
             if want_rain and self._has_rain(rain, self.rain_blocks[store], (n_y, n_x), y0, x0, size_y, size_x):
@@ -149,6 +159,41 @@ class ZarrPatchDataset(Dataset):
                 "y": torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32)),
                 "coverage": torch.from_numpy(np.ascontiguousarray(coverage, dtype=bool)),
                 "time": torch.from_numpy(self.times[store][targets].copy()),
+                "case": self.cases[store]}
+
+
+class FrameWindowDataset(ZarrPatchDataset):
+    """Windows of `frames` consecutive valid input steps, with no target: the data of
+    self-supervised pretraining (pretrain.py), which can use every valid frame of every store.
+
+    Crops as ZarrPatchDataset (train: random, rainy ones preferred by the rain_max of the window's
+    steps; val/test: the centre patch_size crop; a smaller grid is zero-padded). A sample:
+        x     (frames, C, P, P) float32  normalised inputs, steps s .. s + frames - 1
+        time  (frames,)         int64    minutes since 1970-01-01 00:00 UTC
+        case  str
+    """
+
+    def __init__(self, split_dir, params, frames, train=True, seed=None):
+        self.frames = int(frames)
+        super().__init__(split_dir, params, train=train, full_frame=False, seed=seed)
+
+    def _window_starts(self, root):
+        return frame_starts(root["valid"][:], self.frames)
+
+    def _window_text(self):
+        return f"{self.frames} consecutive valid steps"
+
+    def _rain_steps(self, start):
+        return slice(start, start + self.frames)
+
+    def __getitem__(self, index):
+        store, start = self.sample_map[index]
+        y0, x0, size_y, size_x = self.crop(index)
+        x = self._store(store)["inputs"][start:start + self.frames, :, y0:y0 + size_y, x0:x0 + size_x]
+        if size_y < self.patch_size or size_x < self.patch_size:
+            x = np.pad(x, ((0, 0), (0, 0), (0, self.patch_size - size_y), (0, self.patch_size - size_x)))
+        return {"x": torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
+                "time": torch.from_numpy(self.times[store][start:start + self.frames].copy()),
                 "case": self.cases[store]}
 
 
