@@ -9,15 +9,18 @@ times t0 of every <processed_data>/<split>/<case>.zarr; full frames), in physica
 (mm/h, the inverse of the normalisation in the checkpoint's stats), and is scored where the
 target has coverage. Scores are exact over the whole split (contingency tables and sums are
 accumulated, metrics.py), per lead time:
-  categorical at evaluation.thresholds (event: value >= threshold, mm/h): csi, pod, far, hss,
-  ets, frequency_bias, accuracy, precision, f1; continuous: mse, mae, rmse, bias (mean error),
-  corr, pmse (metrics.pmse); FSS at evaluation.thresholds x evaluation.fss_windows.
+  categorical at evaluation.thresholds (event: value >= threshold, mm/h): csi, pod, far, hss
+  (standard Heidke), hss_half (= hss / 2: SmaAt-UNet's code and seed 004's table), ets,
+  frequency_bias, accuracy, precision, f1; continuous: mse, mae, rmse, bias (mean error), corr,
+  pmse (metrics.pmse: MSE of the step accumulation in (mm per step)^2, SmaAt-UNet's "mse_pixel");
+  FSS at evaluation.thresholds x evaluation.fss_windows.
 Writes <paths.outputs>/eval/<split>/metrics.json:
   {"thresholds": [...], "lead_minutes": [...], "fss_windows": [...], "split", "n_windows",
    "methods": {method: {"csi": {"1.0": [per lead]}, ..., "fss": {"1.0": {"5": [per lead]}},
                         "mse": [per lead], "mae": [per lead], ...}}}
 (threshold keys are str(float(t))), table.csv (one row per method and threshold, scores
-averaged over the leads, as seed 004's table) and verification plots (one PNG per score).
+averaged over the leads; columns in seed 004's order: pmse, accuracy, precision, recall, f1, csi,
+far, hss_half = the seed's "HSS", then hss, mse, mae) and verification plots (one PNG per score).
 
 Prediction (--predict): the raw case is placed on the time axis, gap-filled and normalised
 with the checkpoint's stats (preproc.py's steps, no new statistics), the model forecasts from
@@ -47,10 +50,11 @@ from normalization import denormalize_target, sample_starts, target_input_frames
 from preproc import EPOCH, scan_case, write_case
 from training import load_checkpoint, pick_device
 
-CATEGORICAL = ("csi", "pod", "far", "hss", "ets", "frequency_bias", "accuracy", "precision", "f1")
+CATEGORICAL = ("csi", "pod", "far", "hss", "hss_half", "ets", "frequency_bias", "accuracy", "precision", "f1")
 CONTINUOUS = ("mse", "mae", "rmse", "bias", "corr", "pmse")
 PLOTTED = ("csi", "pod", "far", "hss", "fss", "mse", "mae")
-TABLE_COLUMNS = ("pmse", "accuracy", "precision", "recall", "f1", "csi", "far", "hss", "mse", "mae")
+# seed 004's columns in its order (its HSS is hss_half, SmaAt-UNet's convention), then the standard HSS, MSE, MAE
+TABLE_COLUMNS = ("pmse", "accuracy", "precision", "recall", "f1", "csi", "far", "hss_half", "hss", "mse", "mae")
 
 
 # --------------------------------------------------------------------------- forecasters
