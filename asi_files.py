@@ -28,7 +28,7 @@ def to_date(value):
         return value
     day = parse_date(value)
     if day is None:
-        raise UserError(f"{str(value)!r}: expected a calendar day as YYYYMMDD (8 digits)")
+        raise UserError(f"{str(value)!r}: expected a date as YYYYMMDD")
     return day
 
 

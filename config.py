@@ -21,6 +21,8 @@ import json
 import os
 import sys
 
+from atomic import atomic_path
+
 DEFAULT_CONFIG = "params.json"
 REQUIRED = object()  # marker: the key has no default and must be given
 
@@ -71,6 +73,14 @@ class MapOf:
 
 NUM = (int, float)
 STR_LIST = Key(list, items=str)
+
+CELL_KEYS = dict(  # the ConvLSTM cell options every ConvLSTM model shares
+    kernel_size=Key(int, 3, "ConvLSTM kernel size", minimum=1),
+    peephole=Key(bool, True, "peephole terms W_c o C in the cells"),
+    peephole_size=Key(list, None, "null: peephole weights per channel, shared by all pixels (any frame size); "
+                      "[H, W]: per channel and pixel as in Shi et al. (2015), for input frames of exactly "
+                      "H x W", "pixels", items=int, nullable=True),
+)
 
 SCHEMA = Section(
     task=Key(str, "nowcast", "what training.py trains on", choices=("nowcast", "sea_ice")),
@@ -145,20 +155,12 @@ SCHEMA = Section(
             "ConvLSTM U-Net (seed 000)",
             base_channels=Key(int, 16, "hidden channels at the finest scale (doubled per level)", minimum=1),
             depth=Key(int, 3, "number of scales", minimum=1),
-            kernel_size=Key(int, 3, "ConvLSTM kernel size", minimum=1),
-            peephole=Key(bool, True, "peephole terms W_c o C in the cells"),
-            peephole_size=Key(list, None, "null: peephole weights per channel, shared by all pixels (any frame size); "
-                              "[H, W]: per channel and pixel as in Shi et al. (2015), for input frames of exactly "
-                              "H x W", "pixels", items=int, nullable=True),
+            **CELL_KEYS,
         ),
         encoder_forecaster=Section(
             "encoder-forecaster of Shi et al. (2015)",
             hidden_channels=Key(list, [32, 32], "hidden channels per stacked layer", items=int),
-            kernel_size=Key(int, 3, "ConvLSTM kernel size", minimum=1),
-            peephole=Key(bool, True, "peephole terms W_c o C in the cells"),
-            peephole_size=Key(list, None, "null: peephole weights per channel, shared by all pixels (any frame size); "
-                              "[H, W]: per channel and pixel as in Shi et al. (2015), for input frames of exactly "
-                              "H x W", "pixels", items=int, nullable=True),
+            **CELL_KEYS,
         ),
         smaat_unet=Section(
             "SmaAt-UNet of Trebing et al. (2021), input frames stacked as channels (seed 004's baseline)",
@@ -526,9 +528,8 @@ def update_readme(path):
     text, count = re.subn(r"<!-- params:start -->.*?<!-- params:end -->", lambda _: table, text, flags=re.S)
     if count != 1:
         raise UserError(f"{path}: expected one '<!-- params:start -->' ... '<!-- params:end -->' block")
-    with open(path + ".tmp", "w", encoding="utf-8") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         fh.write(text)
-    os.replace(path + ".tmp", path)
 
 
 def main(argv=None):

@@ -1,7 +1,8 @@
 """PyTorch dataset and loaders over the per-case Zarr stores of preproc.py (seed 000, `dataset.py`).
 
-    train_loader, val_loader, test_loader = load_datasets(params)
-    for batch in train_loader:       # call train_loader.dataset.set_epoch(epoch) before each epoch
+    params = config.load_params("params.json")
+    loaders = load_datasets(params)  # {"train", "val", "test": DataLoader}
+    for batch in loaders["train"]:   # training.py sets the sampler's and the dataset's epoch
         x, y, coverage = batch["x"], batch["y"], batch["coverage"]
 
 A sample is a dict:
@@ -39,7 +40,7 @@ import os
 import numpy as np
 import torch
 import zarr
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, SequentialSampler
 
 from config import UserError
 from normalization import channel_list, frame_starts, sample_starts, window_steps
@@ -215,22 +216,38 @@ def pad_collate(samples):
     return batch
 
 
-def load_datasets(params):
-    """(train_loader, val_loader, test_loader) over <paths.processed_data>/{train,val,test}.
+def make_datasets(params):
+    """{"train", "val", "test": ZarrPatchDataset} over <paths.processed_data>/<split> (train: random crops)."""
+    processed = params["paths"]["processed_data"]
+    return {name: ZarrPatchDataset(os.path.join(processed, name), params, train=(name == "train")) for name in SPLITS}
 
-    batch_size, num_workers and seed from params["training"]. Train: shuffled with a generator
-    seeded by training.seed (call train_loader.dataset.set_epoch(e) each epoch for new crops).
-    Val: one fixed seeded permutation (the first training.val_steps batches are the same mixed
-    subset every epoch). Test: in store/time order. Every split needs at least one store.
+
+def load_datasets(params, world=1, rank=0, datasets=None, collate=pad_collate, pin_memory=None):
+    """DataLoaders {"train", "val", "test"} (seed 000), for one process or one of `world` DDP ranks.
+
+    datasets: {split: Dataset}; None: `make_datasets(params)` (the nowcasting stores). batch_size,
+    num_workers and seed come from params["training"]. train: each rank draws its share of a
+    shuffled order (DistributedSampler seeded by training.seed; the loop sets its epoch, and
+    train datasets with `set_epoch` draw new crops each epoch). val: one fixed shuffled order, the
+    rank's share (training.val_steps batches of it make a mixed validation subset). test: every
+    sample once, in store/time order, on every rank (scores are computed by one process over the
+    whole split). UserError when a split has no sample.
     """
     training = params["training"]
-    processed = params["paths"]["processed_data"]
-    datasets = [ZarrPatchDataset(os.path.join(processed, name), params, train=(name == "train")) for name in SPLITS]
-    common = {"batch_size": training["batch_size"], "num_workers": training["num_workers"],
-              "collate_fn": pad_collate, "pin_memory": torch.cuda.is_available()}
-    generator = torch.Generator().manual_seed(training["seed"])
-    train_loader = DataLoader(datasets[0], shuffle=True, generator=generator, **common)
-    val_order = np.random.default_rng(training["seed"]).permutation(len(datasets[1])).tolist()
-    val_loader = DataLoader(datasets[1], sampler=val_order, **common)
-    test_loader = DataLoader(datasets[2], shuffle=False, **common)
-    return train_loader, val_loader, test_loader
+    datasets = make_datasets(params) if datasets is None else datasets
+    pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+    loaders = {}
+    for name, data in datasets.items():
+        if len(data) == 0:
+            raise UserError(f"the {name} split has no sample")
+        if name == "test":
+            sampler = SequentialSampler(data)
+        else:
+            drop_last = name == "train" and len(data) >= world * training["batch_size"]
+            sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True, seed=training["seed"],
+                                         drop_last=drop_last)
+        loaders[name] = DataLoader(data, batch_size=training["batch_size"], sampler=sampler,
+                                   num_workers=training["num_workers"], collate_fn=collate,
+                                   pin_memory=pin_memory, persistent_workers=False)
+    loaders["val"].sampler.set_epoch(0)  # one fixed mixed validation order
+    return loaders

@@ -32,7 +32,6 @@ import csv
 import datetime as dt
 import json
 import os
-import shutil
 import tempfile
 import warnings
 
@@ -44,6 +43,7 @@ from tqdm import tqdm
 import baselines
 import config
 import metrics
+from atomic import atomic_path
 from config import UserError
 from model import build_model
 from normalization import denormalize_target, sample_starts, target_input_frames, window_steps
@@ -192,16 +192,14 @@ def table_rows(report):
 def write_outputs(report, out_dir):
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "metrics.json")
-    with open(path + ".tmp", "w") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w") as fh:
         json.dump(report, fh, indent=1)
-    os.replace(path + ".tmp", path)
     rows = table_rows(report)
     table = os.path.join(out_dir, "table.csv")
-    with open(table + ".tmp", "w", newline="") as fh:
+    with atomic_path(table) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=["method", "threshold_mm_h", *TABLE_COLUMNS])
         writer.writeheader()
         writer.writerows({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()} for row in rows)
-    os.replace(table + ".tmp", table)
     plots = []
     try:
         import plotting
@@ -281,18 +279,13 @@ def write_forecast(path, forecast, valid_times, t0_time, lead_minutes, case):
                 "time": ("lead", np.array(valid_times, dtype="datetime64[ns]"), {"long_name": "valid time (UTC)"}),
                 "y": np.arange(forecast.shape[1], dtype=np.int32), "x": np.arange(forecast.shape[2], dtype=np.int32)},
         attrs={"case": case, "forecast_reference_time": f"{t0_time:%Y-%m-%dT%H:%M}Z", "source": "evaluate.py --predict"})
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    if path.endswith(".nc"):
-        ds.to_netcdf(tmp, encoding={"rain_rate": {"zlib": True, "complevel": 4}})
-        os.replace(tmp, path)
-    else:
-        with warnings.catch_warnings():  # "consolidated metadata is not part of the v3 spec": xarray uses it
-            warnings.simplefilter("ignore")
-            ds.to_zarr(tmp, mode="w", consolidated=True)  # so xr.open_zarr opens it without a warning
-        shutil.rmtree(path, ignore_errors=True)
-        os.rename(tmp, path)
+    with atomic_path(path) as tmp:
+        if path.endswith(".nc"):
+            ds.to_netcdf(tmp, encoding={"rain_rate": {"zlib": True, "complevel": 4}})
+        else:
+            with warnings.catch_warnings():  # "consolidated metadata is not part of the v3 spec": xarray uses it
+                warnings.simplefilter("ignore")
+                ds.to_zarr(tmp, mode="w", consolidated=True)  # so xr.open_zarr opens it without a warning
 
 
 # --------------------------------------------------------------------------- main
@@ -304,14 +297,13 @@ def main(argv=None):
     parser.add_argument("--methods", help="comma-separated: model, persistence, extrapolation "
                                           "(default: evaluation.methods)")
     parser.add_argument("--batch_size", type=int, default=4, help="windows per model call (default: 4)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"),
-                        help="auto: CUDA when present (default: training.device in params.json)")
+    config.add_override_flags(parser, [("--device", "training.device")])
     parser.add_argument("--predict", metavar="RAW_CASE_DIR", help="forecast from this raw case instead of scoring")
     parser.add_argument("--t0", metavar="YYYYmmddHHMM", help="--predict: forecast from this time (default: the last)")
     parser.add_argument("--output", help="--predict: forecast file, .nc or .zarr "
                                          "(default: <outputs>/forecasts/<case>_<t0>.nc)")
     args = parser.parse_args(argv)
-    params = config.load_params(args.config, {"training.device": args.device})
+    params = config.load_params(args.config, config.overrides_from(args))
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else list(params["evaluation"]["methods"])
     for method in methods:
         if method not in ("model", *baselines.METHODS):

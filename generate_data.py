@@ -28,6 +28,7 @@ import os
 import numpy as np
 
 from asi_files import asi_filename, date_flag, date_range, to_date  # noqa: F401 (re-exported)
+from atomic import atomic_path
 from config import UserError, add_config_arg, load_params, run_main
 
 # --------------------------------------------------------------------------- the ASI grid
@@ -180,8 +181,7 @@ def write_asi_day(path, z, x, y, date, product="n3125"):
     import netCDF4
 
     ellipsoid = WGS_84 if to_date(date) >= WGS_84_FROM else HUGHES_1980
-    tmp = path + ".tmp"
-    with netCDF4.Dataset(tmp, "w", format="NETCDF4") as nc:
+    with atomic_path(path) as tmp, netCDF4.Dataset(tmp, "w", format="NETCDF4") as nc:
         nc.setncatts({"title": f"ASI AMSR2 sea ice concentration {product} (synthetic stand-in)",
                       "Conventions": "CF-1.6", "product": f"asi_daygrid_swath {product} v5.4",
                       "date": f"{to_date(date):%Y%m%d}"})
@@ -204,7 +204,6 @@ def write_asi_day(path, z, x, y, date, product="n3125"):
                        "units": "%", "valid_min": np.float32(0), "valid_max": np.float32(100),
                        "grid_mapping": "polar_stereographic"})
         var[:] = z
-    os.replace(tmp, path)
 
 
 def write_asi_days(out_dir, start, end, shape=FULL_SHAPE, seed=0, absent=(), product="n3125",

@@ -24,6 +24,7 @@ import shlex
 import subprocess
 import sys
 
+from atomic import atomic_path
 from config import UserError, run_main
 from generate_data import parse_shape
 
@@ -56,8 +57,8 @@ def shrink(src, name, max_width, asset_dir=ASSET):
         if image.width > max_width:
             image = image.resize((max_width, round(image.height * max_width / image.width)), Image.LANCZOS)
         image = image.quantize(colors=256, method=Image.Quantize.MAXCOVERAGE, dither=Image.Dither.NONE)
-        image.save(dst + ".tmp", format="PNG", optimize=True)
-    os.replace(dst + ".tmp", dst)
+        with atomic_path(dst) as tmp:
+            image.save(tmp, format="PNG", optimize=True)
     return dst, os.path.getsize(dst) / 1024
 
 

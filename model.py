@@ -36,18 +36,19 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from config import UserError
+from config import UserError  # only for get_model/build_model: errors in params.json values
+
 
 
 def _pair(size, what):
-    """(H, W) from None, an int or a 2-sequence of positive ints; UserError otherwise."""
+    """(H, W) from None, an int or a 2-sequence of positive ints; ValueError otherwise."""
     if size is None:
         return None
     if isinstance(size, int) and not isinstance(size, bool):
         size = (size, size)
     size = tuple(size)
     if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in size):
-        raise UserError(f"{what}: expected null or [H, W] with two positive ints, got {list(size)}")
+        raise ValueError(f"{what}: expected null or [H, W] with two positive ints, got {list(size)}")
     return size
 
 
@@ -74,8 +75,8 @@ class ConvLSTMCell(nn.Module):
                  peephole_size=None):
         super().__init__()
         if in_channels < 0 or hidden_channels < 1 or kernel_size < 1:
-            raise UserError(f"ConvLSTMCell: expected in_channels >= 0, hidden_channels >= 1, "
-                            f"kernel_size >= 1, got {in_channels}, {hidden_channels}, {kernel_size}")
+            raise ValueError(f"ConvLSTMCell: expected in_channels >= 0, hidden_channels >= 1, "
+                             f"kernel_size >= 1, got {in_channels}, {hidden_channels}, {kernel_size}")
         self.in_channels, self.hidden_channels, self.kernel_size = in_channels, hidden_channels, kernel_size
         self.peephole_size = _pair(peephole_size, "peephole_size") if peephole else None
         # One convolution for the 4 gates x (input-to-state, state-to-state): output (i, f, c, o).
@@ -106,19 +107,19 @@ class ConvLSTMCell(nn.Module):
     def forward(self, x, state=None):
         if x is None:
             if self.in_channels != 0 or state is None:
-                raise UserError("ConvLSTMCell: x may be None only for a cell with in_channels=0 "
-                                "given a state")
+                raise ValueError("ConvLSTMCell: x may be None only for a cell with in_channels=0 "
+                                 "given a state")
             h, c = state
             gates = self.conv(h)
         else:
             if x.ndim != 4 or x.shape[1] != self.in_channels:
-                raise UserError(f"ConvLSTMCell: expected x of shape (B, {self.in_channels}, H, W), "
-                                f"got {tuple(x.shape)}")
+                raise ValueError(f"ConvLSTMCell: expected x of shape (B, {self.in_channels}, H, W), "
+                                 f"got {tuple(x.shape)}")
             h, c = state if state is not None else self.init_state(x.shape[0], x.shape[2], x.shape[3], x)
             gates = self.conv(torch.cat([x, h], dim=1))
         if self.peephole_size is not None and tuple(c.shape[-2:]) != self.peephole_size:
-            raise UserError(f"ConvLSTMCell: per-pixel peephole weights are {self.peephole_size[0]} x "
-                            f"{self.peephole_size[1]} pixels, got a frame of {c.shape[-2]} x {c.shape[-1]}")
+            raise ValueError(f"ConvLSTMCell: per-pixel peephole weights are {self.peephole_size[0]} x "
+                             f"{self.peephole_size[1]} pixels, got a frame of {c.shape[-2]} x {c.shape[-1]}")
         i, f, g, o = torch.chunk(gates, 4, dim=1)
         if self.peephole:
             i = i + self.w_ci * c
@@ -155,7 +156,7 @@ class ConvLSTM(nn.Module):
         super().__init__()
         hidden_channels = [hidden_channels] if isinstance(hidden_channels, int) else list(hidden_channels)
         if not hidden_channels:
-            raise UserError("ConvLSTM: hidden_channels must list at least one layer")
+            raise ValueError("ConvLSTM: hidden_channels must list at least one layer")
         self.in_channels, self.hidden_channels = in_channels, hidden_channels
         inputs = [in_channels] + hidden_channels[:-1]
         self.cells = nn.ModuleList(ConvLSTMCell(c_in, c_hid, kernel_size, bias, peephole, peephole_size)
@@ -163,8 +164,8 @@ class ConvLSTM(nn.Module):
 
     def forward(self, x, states=None):
         if x.ndim != 5 or x.shape[2] != self.in_channels:
-            raise UserError(f"ConvLSTM: expected input of shape (B, T, {self.in_channels}, H, W), "
-                            f"got {tuple(x.shape)}")
+            raise ValueError(f"ConvLSTM: expected input of shape (B, T, {self.in_channels}, H, W), "
+                             f"got {tuple(x.shape)}")
         states = list(states) if states is not None else [None] * len(self.cells)
         outputs, last_states = [], []
         layer_input = x
@@ -198,7 +199,7 @@ class EncoderForecaster(nn.Module):
                  peephole_size=None):
         super().__init__()
         if output_steps < 1:
-            raise UserError(f"EncoderForecaster: output_steps must be >= 1, got {output_steps}")
+            raise ValueError(f"EncoderForecaster: output_steps must be >= 1, got {output_steps}")
         hidden_channels = list(hidden_channels)
         self.in_channels, self.output_steps = in_channels, output_steps
         self.peephole_size = _pair(peephole_size, "peephole_size") if peephole else None
@@ -255,8 +256,8 @@ class ConvLSTM_UNet(nn.Module):
                  peephole_size=None):
         super().__init__()
         if depth < 1 or base_channels < 1 or output_steps < 1:
-            raise UserError(f"ConvLSTM_UNet: expected depth, base_channels and output_steps >= 1, "
-                            f"got {depth}, {base_channels}, {output_steps}")
+            raise ValueError(f"ConvLSTM_UNet: expected depth, base_channels and output_steps >= 1, "
+                             f"got {depth}, {base_channels}, {output_steps}")
         self.in_channels, self.output_steps, self.depth = in_channels, output_steps, depth
         self.multiple = 2 ** (depth - 1)
         self.peephole_size = _pair(peephole_size, "peephole_size") if peephole else None
@@ -298,11 +299,11 @@ def _check_input(x, in_channels, peephole_size, name):
     """One clear error for a wrong input: (B, T, C, H, W) with C = in_channels and, with
     per-pixel peepholes, H x W = peephole_size."""
     if x.ndim != 5 or x.shape[2] != in_channels:
-        raise UserError(f"{name}: expected input of shape (B, T, {in_channels}, H, W), got {tuple(x.shape)}")
+        raise ValueError(f"{name}: expected input of shape (B, T, {in_channels}, H, W), got {tuple(x.shape)}")
     if peephole_size is not None and tuple(x.shape[-2:]) != peephole_size:
-        raise UserError(f"{name}: the model has per-pixel peephole weights for {peephole_size[0]} x "
-                        f"{peephole_size[1]} frames (peephole_size), got {x.shape[-2]} x {x.shape[-1]}; "
-                        f"set peephole_size to the frame size or to null (per-channel weights, any size)")
+        raise ValueError(f"{name}: the model has per-pixel peephole weights for {peephole_size[0]} x "
+                         f"{peephole_size[1]} frames (peephole_size), got {x.shape[-2]} x {x.shape[-1]}; "
+                         f"set peephole_size to the frame size or to null (per-channel weights, any size)")
 
 
 # --------------------------------------------------------------------------- frames stacked as channels
@@ -756,7 +757,8 @@ def get_model(name, **cfg):
     cfg: the keys of params.json model.<name> (e.g. base_channels, depth, kernel_size, peephole,
     peephole_size) plus in_channels and output_steps, supplied by the caller, and input_steps for
     the models that stack the input frames as channels (smaat_unet, spark_unet).
-    Unknown name or option -> UserError naming it and what is valid.
+    Raises UserError for an unknown name or option (naming it and what is valid), ValueError for a
+    bad value.
     """
     if name not in MODELS:
         raise UserError(f"model.name: unknown model {name!r}; expected one of {', '.join(MODELS)}")
@@ -777,6 +779,7 @@ def build_model(params, in_channels):
     The number of predicted frames is data.output_steps for the nowcast task and
     sea_ice.pred_length for the sea-ice task; models that stack the input frames as channels
     (smaat_unet, spark_unet) get input_steps = data.input_steps (sea_ice.input_length).
+    A bad value in params.json raises config.UserError (one line naming the section).
     """
     name = params["model"]["name"]
     cfg = dict(params["model"].get(name, {}))
@@ -784,7 +787,10 @@ def build_model(params, in_channels):
     cfg["output_steps"] = params["sea_ice"]["pred_length"] if sea_ice else params["data"]["output_steps"]
     if name in MODELS and "input_steps" in inspect.signature(MODELS[name].__init__).parameters:
         cfg["input_steps"] = params["sea_ice"]["input_length"] if sea_ice else params["data"]["input_steps"]
-    return get_model(name, in_channels=in_channels, **cfg)
+    try:
+        return get_model(name, in_channels=in_channels, **cfg)
+    except ValueError as exc:
+        raise UserError(f"model.{name} in params.json: {exc}") from None
 
 
 def count_parameters(model):

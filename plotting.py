@@ -42,6 +42,7 @@ import numpy as np  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch, Rectangle  # noqa: E402
 
+from atomic import atomic_path  # noqa: E402
 from config import UserError  # noqa: E402
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -92,16 +93,11 @@ METHOD_STYLE = {"model": ("C0", "o"), "persistence": ("C1", "s"), "extrapolation
 # --------------------------------------------------------------------------- files
 def save_figure(fig, out_path):
     """Write fig as PNG under a temporary name, rename it to out_path, close fig; returns out_path."""
-    folder = os.path.dirname(os.path.abspath(out_path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = out_path + ".tmp"
     try:
-        fig.savefig(tmp, dpi=DPI, format="png")
-        os.replace(tmp, out_path)
+        with atomic_path(out_path) as tmp:
+            fig.savefig(tmp, dpi=DPI, format="png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return out_path
 
 

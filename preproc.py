@@ -1,6 +1,6 @@
 """Raw nowcasting cases -> normalised per-event Zarr stores (seed 000, `preproc.py`).
 
-    python preproc.py [--config params.json] [--raw-dataset DIR] [--processed-data DIR] [--skip-bad-cases]
+    python preproc.py [--config params.json] [--raw_dataset DIR] [--processed_data DIR] [--skip_bad_cases]
 
 Reads `<raw_dataset>/<case>/<source>/<YYYYmmddHHMM>.npy` (../shared/docs/raw-case-layout.md) for
 every source in `data.inputs` and the target source, and writes
@@ -56,7 +56,7 @@ The seven steps of the seed:
 
 Bad input (a source folder missing or empty, a file that does not load or is not numeric, a file
 name that is not a time, a time off the axis, mismatched grids within a case, a channel count that
-does not match data.inputs) raises one line naming the case and file; `--skip-bad-cases` reports
+does not match data.inputs) raises one line naming the case and file; `--skip_bad_cases` reports
 the case and goes on without it.
 """
 import argparse
@@ -71,7 +71,8 @@ import zarr
 from zarr.codecs import ZstdCodec
 from tqdm import tqdm
 
-from config import SCHEMA, UserError, add_config_arg, get_dotted, load_params, run_main
+from atomic import atomic_path
+from config import UserError, add_config_arg, add_override_flags, load_params, overrides_from, run_main
 from interpolation import fill_time_linear
 from normalization import channel_list, normalize_inplace, sample_starts, transform
 
@@ -328,27 +329,18 @@ def block_max(values, block=RAIN_BLOCK):
     return out.astype(np.float32)
 
 
-def write_case(plan, split_name, out_dir, stats, params):
-    """Fill, normalise and write one case to <out_dir>/<case>.zarr (via .zarr.tmp). Returns the path."""
-    case, (n_y, n_x), n_steps = plan["case"], plan["grid"], plan["n_steps"]
-    target = params["data"]["target"]
-    input_sources = list(params["data"]["inputs"])
-    input_channels = [(src, c) for src, c, _ in channel_list(params)]
-    target_key = (target["source"], target["channel"])
-    n_channels = len(stats["channels"])
-    final = os.path.join(out_dir, f"{case}.zarr")
-    tmp = final + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    attrs = {
-        "case": case, "split": split_name,
+def case_attributes(plan, split_name, stats, params):
+    """The group attributes of one case's store (see the module docstring)."""
+    step = params["data"]["time_step_minutes"]
+    return {
+        "case": plan["case"], "split": split_name,
         "channels": stats["channels"], "channel_sources": stats["sources"],
         "transform": dict(zip(stats["channels"], stats["transform"])),
         "target": {k: stats["target"][k] for k in ("source", "channel", "transform")},
-        "grid_shape": [n_y, n_x],
-        "time_step_minutes": params["data"]["time_step_minutes"],
+        "grid_shape": list(plan["grid"]),
+        "time_step_minutes": step,
         "max_gap_steps": params["data"]["max_gap_steps"],
-        "native_step_minutes": {s: sp["native_steps"] * params["data"]["time_step_minutes"]
-                                for s, sp in plan["sources"].items()},
+        "native_step_minutes": {s: sp["native_steps"] * step for s, sp in plan["sources"].items()},
         "files": {s: len(sp["paths"]) for s, sp in plan["sources"].items()},
         "steps_filled": {s: sp["steps_filled"] for s, sp in plan["sources"].items()},
         "steps_invalid": int((~plan["valid"]).sum()),
@@ -356,63 +348,87 @@ def write_case(plan, split_name, out_dir, stats, params):
         "normalisation": {"min": stats["min"], "max": stats["max"],
                           "target_min": stats["target"]["min"], "target_max": stats["target"]["max"]},
     }
-    root = zarr.open_group(tmp, mode="w", zarr_format=3, attributes=attrs)
-    chunk_y, chunk_x = min(CHUNK_XY, n_y), min(CHUNK_XY, n_x)
-    shard_t = -(-n_steps // CHUNK_T) * CHUNK_T  # one shard: every step of one chunk column
 
-    def frames(name, channels, dtype, long_name):
-        """A (T, [C,] H, W) array chunked (CHUNK_T, [C,] 128, 128), sharded over all of T."""
-        c = (channels,) if channels else ()
-        return root.create_array(name, shape=(n_steps,) + c + (n_y, n_x), dtype=dtype,
-                                 chunks=(CHUNK_T,) + c + (chunk_y, chunk_x), shards=(shard_t,) + c + (chunk_y, chunk_x),
-                                 fill_value=False if dtype == "bool" else 0.0, compressors=COMPRESSOR,
-                                 dimension_names=("time",) + ("channel",) * len(c) + ("y", "x"),
-                                 attributes={"long_name": long_name})
 
-    inputs = frames("inputs", n_channels, "float32", f"normalised inputs {', '.join(stats['channels'])}")
-    target_array = frames("target", None, "float32", f"normalised {target['channel']}")
-    coverage = frames("coverage", None, "bool", "the target has data after gap filling")
-    rain_max = np.zeros((n_steps, -(-n_y // RAIN_BLOCK), -(-n_x // RAIN_BLOCK)), dtype=np.float32)
+def write_case(plan, split_name, out_dir, stats, params):
+    """Fill, normalise and write one case to <out_dir>/<case>.zarr (via .zarr.tmp). Returns the path."""
+    n_steps, (n_y, n_x) = plan["n_steps"], plan["grid"]
+    final = os.path.join(out_dir, f"{plan['case']}.zarr")
+    with atomic_path(final) as tmp:
+        root = zarr.open_group(tmp, mode="w", zarr_format=3,
+                               attributes=case_attributes(plan, split_name, stats, params))
+        chunk_y, chunk_x = min(CHUNK_XY, n_y), min(CHUNK_XY, n_x)
+        shard_t = -(-n_steps // CHUNK_T) * CHUNK_T  # one shard: every step of one chunk column
+
+        def frames(name, channels, dtype, long_name):
+            """A (T, [C,] H, W) array chunked (CHUNK_T, [C,] 128, 128), sharded over all of T."""
+            c = (channels,) if channels else ()
+            return root.create_array(name, shape=(n_steps,) + c + (n_y, n_x), dtype=dtype,
+                                     chunks=(CHUNK_T,) + c + (chunk_y, chunk_x),
+                                     shards=(shard_t,) + c + (chunk_y, chunk_x),
+                                     fill_value=False if dtype == "bool" else 0.0, compressors=COMPRESSOR,
+                                     dimension_names=("time",) + ("channel",) * len(c) + ("y", "x"),
+                                     attributes={"long_name": long_name})
+
+        channel = params["data"]["target"]["channel"]
+        arrays = {"inputs": frames("inputs", len(stats["channels"]), "float32",
+                                   f"normalised inputs {', '.join(stats['channels'])}"),
+                  "target": frames("target", None, "float32", f"normalised {channel}"),
+                  "coverage": frames("coverage", None, "bool", "the target has data after gap filling")}
+        rain_max = write_tiles(arrays, plan, stats, params, tile_cols=chunk_x, tile_rows=chunk_y)
+        root.create_array("rain_max", data=rain_max, chunks=(1,) + rain_max.shape[1:],
+                          dimension_names=("time", "y_block", "x_block"),
+                          attributes={"long_name": f"max of {channel} per {RAIN_BLOCK}x{RAIN_BLOCK} block",
+                                      "units": "physical (mm/h for rain rate)"})
+        root.create_array("valid", data=plan["valid"], dimension_names=("time",),
+                          attributes={"long_name": "every source has data at this step"})
+        root.create_array("time", data=plan["start"] + params["data"]["time_step_minutes"] *
+                          np.arange(n_steps, dtype=np.int64), dimension_names=("time",),
+                          attributes={"units": TIME_UNITS, "calendar": "proleptic_gregorian",
+                                      "standard_name": "time"})
+    return final
+
+
+def write_tiles(arrays, plan, stats, params, tile_rows, tile_cols):
+    """Fill, normalise and write inputs/target/coverage tile by tile; returns rain_max (T, by, bx) mm/h.
+
+    A tile is one row of chunks and as many chunk columns as fit in TILE_BYTES (all steps and
+    channels), so memory stays a few tiles whatever the grid.
+    """
+    (n_y, n_x), n_steps, n_channels = plan["grid"], plan["n_steps"], len(stats["channels"])
+    target = params["data"]["target"]
+    target_key = (target["source"], target["channel"])
+    input_channels = [(src, c) for src, c, _ in channel_list(params)]
     inputs_from, first = {}, 0  # source -> its channels' slice of the input tile
-    for source in input_sources:
+    for source in params["data"]["inputs"]:
         inputs_from[source] = slice(first, first + len(params["data"]["inputs"][source]))
         first = inputs_from[source].stop
-    # a tile: one row of chunks, as many chunk columns as fit in TILE_BYTES (memory ~ a few tiles)
-    tile_x = chunk_x * max(1, TILE_BYTES // (4 * (n_channels + 1) * n_steps * chunk_y * chunk_x))
-    for y0, x0 in [(y, x) for y in range(0, n_y, chunk_y) for x in range(0, n_x, tile_x)]:
-        rows, cols = slice(y0, min(y0 + chunk_y, n_y)), slice(x0, min(x0 + tile_x, n_x))
+    rain_max = np.zeros((n_steps, -(-n_y // RAIN_BLOCK), -(-n_x // RAIN_BLOCK)), dtype=np.float32)
+    tile_x = tile_cols * max(1, TILE_BYTES // (4 * (n_channels + 1) * n_steps * tile_rows * tile_cols))
+    for y0, x0 in [(y, x) for y in range(0, n_y, tile_rows) for x in range(0, n_x, tile_x)]:
+        rows, cols = slice(y0, min(y0 + tile_rows, n_y)), slice(x0, min(x0 + tile_x, n_x))
         shape = (n_steps, rows.stop - rows.start, cols.stop - cols.start)  # T x rows x cols
         tile = np.full((n_channels,) + shape, np.nan, dtype=np.float32)
-        for source in input_sources:
-            read_tile(plan["sources"][source], rows, cols, tile[inputs_from[source]])
+        for source, channels in inputs_from.items():
+            read_tile(plan["sources"][source], rows, cols, tile[channels])
         if target_key in input_channels:
             target_physical = tile[input_channels.index(target_key)].copy()
         else:
             target_physical = read_tile(plan["sources"][target["source"]], rows, cols,
                                         np.full((1,) + shape, np.nan, dtype=np.float32))[0]
         covered = np.isfinite(target_physical)
-        coverage[:, rows, cols] = covered
+        arrays["coverage"][:, rows, cols] = covered
         rain_max[:, y0 // RAIN_BLOCK:-(-rows.stop // RAIN_BLOCK), x0 // RAIN_BLOCK:-(-cols.stop // RAIN_BLOCK)] = \
             block_max(target_physical)
         for c in range(n_channels):
             normalize_inplace(tile[c], stats["min"][c], stats["max"][c], stats["transform"][c])
         tile[np.isnan(tile)] = 0.0
-        inputs[:, :, rows, cols] = tile.transpose(1, 0, 2, 3)
-        normalize_inplace(target_physical, stats["target"]["min"], stats["target"]["max"], stats["target"]["transform"])
+        arrays["inputs"][:, :, rows, cols] = tile.transpose(1, 0, 2, 3)
+        normalize_inplace(target_physical, stats["target"]["min"], stats["target"]["max"],
+                          stats["target"]["transform"])
         target_physical[~covered] = 0.0
-        target_array[:, rows, cols] = target_physical
-    root.create_array("rain_max", data=rain_max, chunks=(1,) + rain_max.shape[1:],
-                      dimension_names=("time", "y_block", "x_block"),
-                      attributes={"long_name": f"max of {target['channel']} per {RAIN_BLOCK}x{RAIN_BLOCK} block",
-                                  "units": "physical (mm/h for rain rate)"})
-    root.create_array("valid", data=plan["valid"], dimension_names=("time",),
-                      attributes={"long_name": "every source has data at this step"})
-    root.create_array("time", data=plan["start"] + params["data"]["time_step_minutes"] *
-                      np.arange(n_steps, dtype=np.int64), dimension_names=("time",),
-                      attributes={"units": TIME_UNITS, "calendar": "proleptic_gregorian", "standard_name": "time"})
-    shutil.rmtree(final, ignore_errors=True)
-    os.rename(tmp, final)
-    return final
+        arrays["target"][:, rows, cols] = target_physical
+    return rain_max
 
 
 # --------------------------------------------------------------------------- the run
@@ -431,7 +447,7 @@ def preprocess(params, skip_bad_cases=False, progress=True):
             plans[case] = scan_case(raw_dir, case, params)
         except UserError as exc:
             if not skip_bad_cases:
-                raise UserError(f"{exc} (--skip-bad-cases skips such cases)") from None
+                raise UserError(f"{exc} (--skip_bad_cases skips such cases)") from None
             skipped[case] = str(exc)
             print(f"skipped: {exc}")
     split = split_cases(list(plans), params["data"]["split"], skipped)
@@ -456,9 +472,8 @@ def preprocess(params, skip_bad_cases=False, progress=True):
                 shutil.rmtree(os.path.join(folder, entry))
                 removed += 1
     stats_path = os.path.join(out_dir, "stats.json")
-    with open(stats_path + ".tmp", "w", encoding="utf-8") as fh:
+    with atomic_path(stats_path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         json.dump(stats, fh, indent=2)
-    os.replace(stats_path + ".tmp", stats_path)
     assigned = {c for name in SPLITS for c in split[name]}
     return {
         "split": split, "stats": stats_path, "skipped": skipped, "removed_stale": removed,
@@ -469,29 +484,22 @@ def preprocess(params, skip_bad_cases=False, progress=True):
     }
 
 
+FLAGS = [("--raw_dataset", "paths.raw_dataset", {"metavar": "DIR"}),
+         ("--processed_data", "paths.processed_data", {"metavar": "DIR"}),
+         ("--time_step_minutes", "data.time_step_minutes", {"metavar": "MIN"}),
+         ("--max_gap_steps", "data.max_gap_steps", {"metavar": "N"})]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description="Raw nowcasting cases (<case>/<source>/<YYYYmmddHHMM>.npy) -> normalised per-case Zarr "
                     "stores in <processed_data>/{train,val,test}/ and <processed_data>/stats.json.")
     add_config_arg(parser)
-    def default(dotted):
-        return f"default: {dotted} in params.json, {json.dumps(get_dotted(SCHEMA, dotted).default)}"
-
-    parser.add_argument("--raw-dataset", metavar="DIR",
-                        help=f"folder of raw cases <case>/<source>/<YYYYmmddHHMM>.npy ({default('paths.raw_dataset')})")
-    parser.add_argument("--processed-data", metavar="DIR",
-                        help=f"output folder for stats.json and train/val/test/<case>.zarr "
-                             f"({default('paths.processed_data')})")
-    parser.add_argument("--time-step-minutes", type=int, metavar="MIN",
-                        help=f"step of the common time axis, minutes ({default('data.time_step_minutes')})")
-    parser.add_argument("--max-gap-steps", type=int, metavar="N",
-                        help=f"longest NaN run filled linearly in time, steps ({default('data.max_gap_steps')})")
-    parser.add_argument("--skip-bad-cases", action="store_true",
+    add_override_flags(parser, FLAGS)
+    parser.add_argument("--skip_bad_cases", "--skip-bad-cases", action="store_true",
                         help="report a bad case and go on without it (default: stop with an error)")
     args = parser.parse_args(argv)
-    params = load_params(args.config, {
-        "paths.raw_dataset": args.raw_dataset, "paths.processed_data": args.processed_data,
-        "data.time_step_minutes": args.time_step_minutes, "data.max_gap_steps": args.max_gap_steps})
+    params = load_params(args.config, overrides_from(args))
     summary = preprocess(params, skip_bad_cases=args.skip_bad_cases)
     split = summary["split"]
     out_dir = params["paths"]["processed_data"]

@@ -43,13 +43,16 @@ import time
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 import config
 import metrics
+from atomic import atomic_path
 from config import UserError
+from dataset import load_datasets, make_datasets, pad_collate
 from model import build_model, count_parameters
+from normalization import denormalize_target, load_stats, target_input_frames
+from utils import ConsolidatedSICDataset, open_consolidated
 
 LOG_COLUMNS = ("epoch", "train_loss", "val_loss", "lr", "seconds", "samples_per_s")
 
@@ -93,22 +96,27 @@ def task_loss(pred, y, mask, task, loss_cfg):
 
 
 # --------------------------------------------------------------------------- tasks
+# A task tells the loop what a batch is and how it is scored. It has:
+#   datasets {"train", "val", "test": Dataset}, collate (or None), in_channels, stats (saved in
+#   checkpoints; None for sea ice), unpack(batch, device) -> (x, y, mask), loss(pred, y, mask),
+#   to_physical(y), set_epoch(epoch); for the final test also persistence(x), lead_minutes,
+#   thresholds, pixel_area_km2. Optional: train_step(model, batch, optimizer, device, amp) -> (loss,
+#   samples) replaces `supervised_step` (a GAN), extra_state() / load_extra_state(state) carry
+#   more than the model and its optimiser in checkpoints.
 class NowcastTask:
-    """Batches from dataset.load_datasets; physical units mm/h."""
+    """Patches of preproc.py's stores (dataset.ZarrPatchDataset); physical units mm/h."""
 
     def __init__(self, params):
-        from dataset import SPLITS, ZarrPatchDataset, pad_collate
-        from normalization import load_stats
         processed = params["paths"]["processed_data"]
         self.stats = load_stats(processed)
-        self.datasets = [ZarrPatchDataset(os.path.join(processed, split), params, train=(split == "train"))
-                         for split in SPLITS]
+        self.datasets = make_datasets(params)
         self.collate = pad_collate
         self.in_channels = len(self.stats["channels"])
         self.step_minutes = params["data"]["time_step_minutes"]
         self.lead_minutes = [self.step_minutes * (params["data"]["lead_steps"] + k)
                              for k in range(params["data"]["output_steps"])]
         self.thresholds = params["evaluation"]["thresholds"]
+        self.loss_cfg = params["training"]["loss"]
         self.pixel_area_km2 = None
 
     def unpack(self, batch, device):
@@ -116,25 +124,53 @@ class NowcastTask:
         return (batch["x"].to(device, non_blocking=True), batch["y"].to(device, non_blocking=True),
                 batch["coverage"].to(device, non_blocking=True))
 
+    def loss(self, pred, y, mask):
+        return task_loss(pred, y, mask, self, self.loss_cfg)
+
     def to_physical(self, y):
-        from normalization import denormalize_target
         return denormalize_target(y, self.stats)
 
     def persistence(self, x):
         """Last input frame of the target channel in mm/h, repeated: (B, T_out, 1, H, W); None if not an input."""
-        from normalization import target_input_frames
         last = target_input_frames(x[:, -1:], self.stats)  # (B, 1, H, W)
         return None if last is None else last[:, :, None].expand(-1, len(self.lead_minutes), -1, -1, -1)
 
     def set_epoch(self, epoch):
-        self.datasets[0].set_epoch(epoch)
+        self.datasets["train"].set_epoch(epoch)
 
 
 class SeaIceTask:
     """ConsolidatedSICDataset split in time; fraction units; land masked."""
 
     def __init__(self, params):
-        from utils import ConsolidatedSICDataset, open_consolidated
+        ice = params["sea_ice"]
+        ranges = self.split_days(params)
+        mask = ice["land_mask_file"] or None
+        common = dict(input_length=ice["input_length"], input_gap=ice["input_gap"], pred_gap=ice["pred_gap"],
+                      pred_shift=ice["pred_shift"], pred_length=ice["pred_length"],
+                      samples_gap=ice["samples_gap"], land_mask=mask, roi=ice["roi"])
+        self.datasets = {}
+        for name, span in ranges.items():
+            try:
+                if not span:
+                    raise UserError("no day")
+                self.datasets[name] = ConsolidatedSICDataset(ice["consolidated_file"], span[0], span[-1], **common)
+            except UserError as exc:
+                raise UserError(f"sea_ice: the {name} part of the days ({len(span)} days) holds no sample "
+                                f"({exc}); use a longer date range or shorter sequences") from None
+        land = self.datasets["train"].land_mask
+        self.ocean = None if land is None else ~land
+        x = self.datasets["train"].x
+        self.pixel_area_km2 = float(abs(x[1] - x[0]) / 1000.0) ** 2 if len(x) > 1 else None
+        self.collate, self.stats, self.in_channels = None, None, 1
+        self.lead_minutes = [1440 * (ice["pred_shift"] + ice["pred_gap"] * k) for k in range(ice["pred_length"])]
+        self.thresholds = [metrics.ICE_EDGE_FRACTION]
+        self.loss_cfg = params["training"]["loss"]
+        self.step_minutes = None
+
+    @staticmethod
+    def split_days(params):
+        """{split: [YYYYMMDD]}: the days of sea_ice.start_date..end_date cut in time by data.split ratios."""
         ice = params["sea_ice"]
         path = ice["consolidated_file"]
         if not os.path.exists(path):
@@ -153,34 +189,16 @@ class SeaIceTask:
             raise UserError("data.split: the sea_ice task splits days by ratios, not by lists of case ids")
         n_train = int(round(split["train"] * len(days)))
         n_val = int(round(split["val"] * len(days)))
-        ranges = {"train": days[:n_train], "val": days[n_train:n_train + n_val], "test": days[n_train + n_val:]}
-        mask = ice["land_mask_file"] or None
-        common = dict(input_length=ice["input_length"], input_gap=ice["input_gap"], pred_gap=ice["pred_gap"],
-                      pred_shift=ice["pred_shift"], pred_length=ice["pred_length"],
-                      samples_gap=ice["samples_gap"], land_mask=mask, roi=ice["roi"])
-        self.datasets = []
-        for name, span in ranges.items():
-            try:
-                if not span:
-                    raise UserError("no day")
-                self.datasets.append(ConsolidatedSICDataset(path, span[0], span[-1], **common))
-            except UserError as exc:
-                raise UserError(f"sea_ice: the {name} part of the days ({len(span)} days) holds no sample "
-                                f"({exc}); use a longer date range or shorter sequences") from None
-        land = self.datasets[0].land_mask
-        self.ocean = None if land is None else ~land
-        x = self.datasets[0].x
-        self.pixel_area_km2 = float(abs(x[1] - x[0]) / 1000.0) ** 2 if len(x) > 1 else None
-        self.collate, self.stats, self.in_channels = None, None, 1
-        self.lead_minutes = [1440 * (ice["pred_shift"] + ice["pred_gap"] * k) for k in range(ice["pred_length"])]
-        self.thresholds = [metrics.ICE_EDGE_FRACTION]
-        self.step_minutes = None
+        return {"train": days[:n_train], "val": days[n_train:n_train + n_val], "test": days[n_train + n_val:]}
 
     def unpack(self, batch, device):
         x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
         mask = torch.ones_like(y, dtype=torch.bool) if self.ocean is None else \
             self.ocean.to(device).expand_as(y)
         return x, y, mask
+
+    def loss(self, pred, y, mask):
+        return task_loss(pred, y, mask, self, self.loss_cfg)
 
     def to_physical(self, y):
         return y
@@ -197,7 +215,29 @@ def make_task(params):
     return SeaIceTask(params) if params["task"] == "sea_ice" else NowcastTask(params)
 
 
-# --------------------------------------------------------------------------- helpers
+# --------------------------------------------------------------------------- run, checkpoints, log
+class Run:
+    """Where this process trains: device, and its rank among `world` DistributedDataParallel ranks."""
+
+    def __init__(self, device_name):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+        self.device = pick_device(device_name, local_rank)
+        self.local_rank = local_rank
+        if self.world > 1:
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+
+    @property
+    def main(self):
+        return self.rank == 0
+
+    def close(self):
+        if self.world > 1:
+            dist.destroy_process_group()
+
+
 def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed % 2 ** 32)
@@ -211,19 +251,22 @@ def rng_states():
 
 def save_checkpoint(path, state):
     """torch.save to a temporary name, then rename: a crash never leaves a half-written checkpoint."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_checkpoint(path, device="cpu"):
+    """A training.py checkpoint (a dict with at least `model`); UserError for anything else."""
     if not os.path.isfile(path):
         raise UserError(f"{path}: checkpoint not found")
     try:
-        return torch.load(path, map_location=device, weights_only=False)
+        state = torch.load(path, map_location=device, weights_only=False)
     except Exception as exc:  # a damaged or foreign file
         raise UserError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise UserError(f"{path}: not a training.py checkpoint (expected a dict with 'model', "
+                        f"got {type(state).__name__})")
+    return state
 
 
 def pick_device(name, local_rank=0):
@@ -243,65 +286,180 @@ def read_log(path, up_to_epoch):
 
 
 def write_log(path, rows):
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=LOG_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
 
 
-def cycle(loader, sampler, epoch):
-    """Batches of `loader` without end; pass p of epoch e shuffles with sampler epoch e * 100003 + p."""
-    for p in range(10 ** 9):
-        sampler.set_epoch(epoch * 100003 + p)
-        yield from loader
+class Progress:
+    """Where a training run stands: epochs done, optimiser steps, best validation loss, log rows."""
+
+    def __init__(self, paths):
+        self.last = os.path.join(paths["checkpoints"], "last.pt")
+        self.best = os.path.join(paths["checkpoints"], "best.pt")
+        self.log = os.path.join(paths["outputs"], "train_log.csv")
+        self.epoch, self.step, self.best_val, self.log_rows = 0, 0, math.inf, []
+
+
+def resume(progress, model, optimizer, scheduler, task, params, run):
+    """Load <checkpoints>/last.pt into the model, optimiser, scheduler and `progress` (--resume)."""
+    state = load_checkpoint(progress.last)
+    for key in ("model", "optimizer", "scheduler", "epoch", "step", "best_val", "params"):
+        if key not in state:
+            raise UserError(f"{progress.last}: not a training.py checkpoint (no {key!r})")
+    check_same_run(progress.last, state["params"], params)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if hasattr(task, "load_extra_state"):
+        task.load_extra_state(state.get("extra"))
+    progress.epoch, progress.step, progress.best_val = state["epoch"], state["step"], state["best_val"]
+    if progress.epoch >= params["training"]["epochs"]:
+        raise UserError(f"training.epochs {params['training']['epochs']}: {progress.last} already holds "
+                        f"{progress.epoch} epochs; ask for more epochs (--epochs N) to continue")
+    progress.log_rows = read_log(progress.log, progress.epoch)
+    if run.main:
+        print(f"resumed from {progress.last}: {progress.epoch} epochs done, step {progress.step}, "
+              f"best val loss {progress.best_val:.4g}")
+
+
+RUN_KEYS = ("task", "model", "data.inputs", "data.target", "data.transform", "data.input_steps",
+            "data.lead_steps", "data.output_steps")
+
+
+def check_same_run(path, saved, params):
+    """UserError when a checkpoint was made with other settings than `params` in any of RUN_KEYS."""
+    for dotted in RUN_KEYS:
+        before, now = config.get_dotted(saved, dotted), config.get_dotted(params, dotted)
+        if before != now:
+            raise UserError(f"{path}: made with {dotted} = {json.dumps(before)}, but the config has "
+                            f"{json.dumps(now)}; use the same settings or start without --resume")
 
 
 # --------------------------------------------------------------------------- train / validate / test
-def train_epoch(model, task, loader, sampler, optimizer, params, epoch, step, device, rank):
-    """One epoch of training.steps_per_epoch steps. Returns (mean loss, samples, new step)."""
+def supervised_step(model, task, batch, optimizer, device, amp):
+    """One optimiser step on task.loss; returns (loss, samples). Raises Diverged before updating."""
+    x, y, mask = task.unpack(batch, device)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        pred = model(x)
+    loss = task.loss(pred.float(), y, mask)
+    if not torch.isfinite(loss):
+        raise Diverged(f"loss is {loss.item()}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item(), x.shape[0]
+
+
+def cycle(loader, epoch):
+    """Batches of `loader` without end; pass p of epoch e shuffles with sampler epoch e * 100003 + p."""
+    for p in range(10 ** 9):
+        loader.sampler.set_epoch(epoch * 100003 + p)
+        yield from loader
+
+
+def train_epoch(model, task, loader, optimizer, params, epoch, progress, run):
+    """One epoch of training.steps_per_epoch steps. Returns (mean loss, samples); advances progress.step."""
     training = params["training"]
-    amp = training["amp"] and device.type == "cuda"
+    amp = training["amp"] and run.device.type == "cuda"
+    step_fn = getattr(task, "train_step", None) or (lambda *a: supervised_step(a[0], task, *a[1:]))
     model.train()
     total, n_samples = 0.0, 0
-    batches = cycle(loader, sampler, epoch)
+    batches = cycle(loader, epoch)
     bar = tqdm(range(training["steps_per_epoch"]), desc=f"epoch {epoch + 1}/{training['epochs']}",
-               unit="step", disable=rank != 0, leave=False)
+               unit="step", disable=not run.main, leave=False)
     for _ in bar:
-        x, y, mask = task.unpack(next(batches), device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            pred = model(x)
-        loss = task_loss(pred.float(), y, mask, task, training["loss"])
-        step += 1
-        if not torch.isfinite(loss):
-            raise Diverged(f"loss is {loss.item()} at epoch {epoch + 1}, step {step}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total += loss.item()
-        n_samples += x.shape[0]
-        bar.set_postfix(loss=f"{loss.item():.4g}")
-    return total / training["steps_per_epoch"], n_samples, step
+        progress.step += 1
+        try:
+            loss, samples = step_fn(model, next(batches), optimizer, run.device, amp)
+        except Diverged as exc:
+            raise Diverged(f"{exc} at epoch {epoch + 1}, step {progress.step}") from None
+        total += loss
+        n_samples += samples
+        bar.set_postfix(loss=f"{loss:.4g}")
+    return total / training["steps_per_epoch"], n_samples
 
 
 @torch.no_grad()
-def validate(model, task, loader, params, device, world):
+def validate(model, task, loader, params, run):
     """Mean loss over the first training.val_steps batches of every rank (summed over ranks)."""
-    amp = params["training"]["amp"] and device.type == "cuda"
+    amp = params["training"]["amp"] and run.device.type == "cuda"
     model.eval()
-    sums = torch.zeros(2, dtype=torch.float64, device=device)
+    sums = torch.zeros(2, dtype=torch.float64, device=run.device)
     for i, batch in enumerate(loader):
         if i >= params["training"]["val_steps"]:
             break
-        x, y, mask = task.unpack(batch, device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        x, y, mask = task.unpack(batch, run.device)
+        with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=amp):
             pred = model(x).float()
-        sums += torch.stack([task_loss(pred, y, mask, task, params["training"]["loss"]).double(),
-                             torch.ones((), dtype=torch.float64, device=device)])
-    if world > 1:
+        sums += torch.stack([task.loss(pred, y, mask).double(), torch.ones((), dtype=torch.float64, device=run.device)])
+    if run.world > 1:
         dist.all_reduce(sums)
     return (sums[0] / sums[1].clamp(min=1)).item()
+
+
+def end_epoch(progress, model, optimizer, scheduler, task, params, run, epoch, train_loss, val_loss, samples,
+              seconds):
+    """Adjust the learning rate, write last.pt (and best.pt when better), log and print one line."""
+    if not math.isfinite(val_loss):
+        raise Diverged(f"validation loss is {val_loss} at epoch {epoch + 1}, step {progress.step}")
+    scheduler.step(val_loss)
+    improved = val_loss < progress.best_val
+    progress.epoch, progress.best_val = epoch + 1, min(progress.best_val, val_loss)
+    if not run.main:
+        return
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "epoch": epoch + 1, "step": progress.step, "rng": rng_states(), "params": params, "stats": task.stats,
+             "best_val": progress.best_val, "val_loss": val_loss, "in_channels": task.in_channels}
+    if hasattr(task, "extra_state"):
+        state["extra"] = task.extra_state()
+    save_checkpoint(progress.last, state)
+    if improved:
+        save_checkpoint(progress.best, state)
+    lr, speed = optimizer.param_groups[0]["lr"], samples * run.world / seconds
+    progress.log_rows.append({"epoch": epoch + 1, "train_loss": f"{train_loss:.6g}", "val_loss": f"{val_loss:.6g}",
+                              "lr": f"{lr:.6g}", "seconds": f"{seconds:.2f}", "samples_per_s": f"{speed:.2f}"})
+    write_log(progress.log, progress.log_rows)
+    print(f"epoch {epoch + 1}/{params['training']['epochs']}: train {train_loss:.4g}  val {val_loss:.4g}  "
+          f"lr {lr:.3g}  {seconds:.1f} s  {speed:.1f} samples/s{'  (best)' if improved else ''}")
+
+
+def fit(params, task, model, run, resume_run=False):
+    """Train `model` on `task`: AdamW, ReduceLROnPlateau on the validation loss, training.epochs epochs
+    of training.steps_per_epoch steps; last.pt every epoch and best.pt at the best validation loss.
+
+    model: on run.device. resume_run: continue from <paths.checkpoints>/last.pt. Every epoch reseeds
+    the random number generators from (training.seed, epoch), so a resumed run gives the same
+    weights as an uninterrupted one. Returns the Progress (progress.best: the best checkpoint).
+    Raises Diverged on a NaN or infinite loss (last.pt/best.pt hold the last good epoch).
+    """
+    training = params["training"]
+    loaders = load_datasets(params, run.world, run.rank, task.datasets, task.collate, run.device.type == "cuda")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=training["lr"], weight_decay=training["weight_decay"])
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=training["lr_factor"],
+                                                           patience=training["lr_patience"])
+    progress = Progress(params["paths"])
+    if resume_run:
+        resume(progress, model, optimizer, scheduler, task, params, run)
+    net = torch.compile(model) if training["compile"] else model
+    if run.world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[run.local_rank] if run.device.type == "cuda" else None)
+    if run.main:
+        print(f"{params['task']}: {type(model).__name__} ({count_parameters(model):,} parameters) on {run.device}"
+              f"{f' x {run.world} ranks' if run.world > 1 else ''}; samples train/val/test "
+              f"{', '.join(str(len(d)) for d in task.datasets.values())}")
+    for epoch in range(progress.epoch, training["epochs"]):
+        seed_everything(training["seed"] * 1000003 + epoch)
+        task.set_epoch(epoch)
+        started = time.time()
+        train_loss, samples = train_epoch(net, task, loaders["train"], optimizer, params, epoch, progress, run)
+        val_loss = validate(net, task, loaders["val"], params, run)
+        end_epoch(progress, model, optimizer, scheduler, task, params, run, epoch, train_loss, val_loss, samples,
+                  time.time() - started)
+    progress.test_loader = loaders["test"]
+    return progress
 
 
 @torch.no_grad()
@@ -309,13 +467,15 @@ def test(model, task, loader, params, device):
     """Scores of the model and of persistence (last input frame) on the whole test split, physical units.
 
     Returns {"lead_minutes", "thresholds", "methods": {"model": {...}, "persistence": {...}}} with
-    per-lead lists: mse, mae, and csi/pod/far/hss per threshold (keys str(float(t))).
+    per-lead lists: mse, mae, and csi/pod/far/hss/accuracy per threshold (keys str(float(t))); for
+    sea ice also iiee_km2 (metrics.iiee, the mean over the test forecasts).
     """
     amp = params["training"]["amp"] and device.type == "cuda"
     model.eval()
     methods = ("model", "persistence")
     continuous = {m: metrics.ContinuousAccumulator(lead_axis=1) for m in methods}
     categorical = {m: metrics.ContingencyAccumulator(task.thresholds, lead_axis=1) for m in methods}
+    ice_edge = {m: [0.0, 0] for m in methods}  # sum of IIEE per lead (km^2), forecasts
     for batch in tqdm(loader, desc="test", unit="batch", leave=False):
         x, y, mask = task.unpack(batch, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
@@ -329,6 +489,10 @@ def test(model, task, loader, params, device):
             fc = forecasts[name].float()[:, :, 0].cpu().numpy()
             continuous[name].update(fc, obs, valid)
             categorical[name].update(fc, obs, valid)
+            if task.pixel_area_km2:
+                per_frame = metrics.iiee(fc, obs, task.pixel_area_km2, land_mask=~valid)["iiee_km2"]  # (B, T)
+                ice_edge[name][0] += per_frame.sum(axis=0)
+                ice_edge[name][1] += per_frame.shape[0]
     report = {"lead_minutes": task.lead_minutes, "thresholds": [float(t) for t in task.thresholds], "methods": {}}
     for name in methods:
         if continuous[name].sums is None:
@@ -337,10 +501,9 @@ def test(model, task, loader, params, device):
         scores = {"mse": np.atleast_1d(cont["mse"]).tolist(), "mae": np.atleast_1d(cont["mae"]).tolist()}
         for score in ("csi", "pod", "far", "hss", "accuracy"):
             scores[score] = {str(float(t)): np.asarray(cat[score][i]).tolist() for i, t in enumerate(task.thresholds)}
-        if task.pixel_area_km2:  # sea ice: integrated ice-edge error per forecast, km^2
-            n_frames = len(loader.dataset)
-            wrong = (cat["misses"][0] + cat["false_alarms"][0]) * task.pixel_area_km2 / max(n_frames, 1)
-            scores["iiee_km2"] = np.asarray(wrong, dtype=float).tolist()
+        if task.pixel_area_km2:
+            total, n_forecasts = ice_edge[name]
+            scores["iiee_km2"] = (np.asarray(total, dtype=float) / max(n_forecasts, 1)).tolist()
         report["methods"][name] = scores
     return report
 
@@ -355,138 +518,63 @@ def print_test_report(report, unit):
         print(f"  {name:<12} MSE [{mse}]  CSI@{thr} [{csi}]")
 
 
+def final_test(params, task, model, progress, run):
+    """Load best.pt and score it with persistence on the whole test split -> <outputs>/test_metrics.json."""
+    if not os.path.exists(progress.best):
+        raise UserError(f"{progress.best}: no best checkpoint to test")
+    model.load_state_dict(load_checkpoint(progress.best, run.device)["model"])
+    report = test(model, task, progress.test_loader, params, run.device)
+    out = os.path.join(params["paths"]["outputs"], "test_metrics.json")
+    with atomic_path(out) as tmp, open(tmp, "w") as fh:
+        json.dump(report, fh, indent=1)
+    print_test_report(report, "mm/h" if params["task"] == "nowcast" else "fraction")
+    return out
+
+
 # --------------------------------------------------------------------------- main
+FLAGS = [("--epochs", "training.epochs"), ("--batch_size", "training.batch_size"), ("--lr", "training.lr"),
+         ("--steps_per_epoch", "training.steps_per_epoch"), ("--val_steps", "training.val_steps"),
+         ("--seed", "training.seed"), ("--device", "training.device"), ("--num_workers", "training.num_workers"),
+         ("--task", "task"), ("--model", "model.name"), ("--compile", "training.compile")]
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(description="\n\n".join(__doc__.split("\n\n")[:3]),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     config.add_config_arg(parser)
     parser.add_argument("--resume", action="store_true", help="continue from <paths.checkpoints>/last.pt")
-    parser.add_argument("--epochs", type=int, help="total epochs (default: training.epochs in params.json)")
-    parser.add_argument("--batch_size", type=int, help="samples per step and rank (default: training.batch_size in params.json)")
-    parser.add_argument("--lr", type=float, help="AdamW learning rate (default: training.lr in params.json)")
-    parser.add_argument("--steps_per_epoch", type=int, help="training steps per epoch (default: training.steps_per_epoch in params.json)")
-    parser.add_argument("--val_steps", type=int, help="validation batches per epoch (default: training.val_steps in params.json)")
-    parser.add_argument("--seed", type=int, help="random seed (default: training.seed in params.json)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="auto: CUDA when present (default: training.device in params.json)")
-    parser.add_argument("--num_workers", type=int, help="DataLoader workers (default: training.num_workers in params.json)")
-    parser.add_argument("--task", choices=("nowcast", "sea_ice"), help="what to train on (default: task in params.json)")
-    parser.add_argument("--model", help="convlstm_unet or encoder_forecaster (default: model.name in params.json)")
-    parser.add_argument("--compile", action="store_const", const=True, help="torch.compile the model (default: training.compile in params.json)")
+    config.add_override_flags(parser, FLAGS)
     parser.add_argument("--skip_test", action="store_true", help="do not test the best model after training")
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    params = config.load_params(args.config, {
-        "training.epochs": args.epochs, "training.batch_size": args.batch_size, "training.lr": args.lr,
-        "training.steps_per_epoch": args.steps_per_epoch, "training.val_steps": args.val_steps,
-        "training.seed": args.seed, "training.device": args.device, "training.num_workers": args.num_workers,
-        "task": args.task, "model.name": args.model, "training.compile": args.compile})
-    training, paths = params["training"], params["paths"]
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    device = pick_device(training["device"], local_rank)
-    if world > 1:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-
+    # 1. parameters: params.json, overridden by the command line
+    params = config.load_params(args.config, config.overrides_from(args))
+    run = Run(params["training"]["device"])
+    # 2. the data: train/val/test datasets (dataset.load_datasets makes the loaders inside fit)
     task = make_task(params)
-    seed_everything(training["seed"])
-    model = build_model(params, task.in_channels).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=training["lr"], weight_decay=training["weight_decay"])
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=training["lr_factor"],
-                                                           patience=training["lr_patience"])
-    ckpt_dir = paths["checkpoints"]
-    last_path, best_path = os.path.join(ckpt_dir, "last.pt"), os.path.join(ckpt_dir, "best.pt")
-    log_path = os.path.join(paths["outputs"], "train_log.csv")
-    start_epoch, step, best_val = 0, 0, math.inf
-    if args.resume:
-        state = load_checkpoint(last_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, step, best_val = state["epoch"], state["step"], state["best_val"]
-        if rank == 0:
-            print(f"resumed from {last_path}: {start_epoch} epochs done, step {step}, best val loss {best_val:.4g}")
-    log_rows = read_log(log_path, start_epoch) if args.resume else []
-
-    net = model
-    if training["compile"]:
-        net = torch.compile(net)
-    if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[local_rank] if device.type == "cuda" else None)
-
-    samplers = [DistributedSampler(d, num_replicas=world, rank=rank, shuffle=(i < 2), seed=training["seed"],
-                                   drop_last=(i == 0 and len(d) >= world * training["batch_size"]))
-                for i, d in enumerate(task.datasets)]
-    for i, d in enumerate(task.datasets):
-        if len(d) == 0:
-            raise UserError(f"the {('train', 'val', 'test')[i]} split has no sample")
-    loaders = [DataLoader(d, batch_size=training["batch_size"], sampler=s, num_workers=training["num_workers"],
-                          collate_fn=task.collate, pin_memory=device.type == "cuda",
-                          persistent_workers=False)
-               for d, s in zip(task.datasets, samplers)]
-    samplers[1].set_epoch(0)  # one fixed mixed validation subset
-    if rank == 0:
-        print(f"{params['task']}: {type(model).__name__} ({count_parameters(model):,} parameters) on {device}"
-              f"{f' x {world} ranks' if world > 1 else ''}; samples train/val/test "
-              f"{', '.join(str(len(d)) for d in task.datasets)}")
-
+    # 3. the model (the loss is task.loss; AdamW and ReduceLROnPlateau are made by fit)
+    seed_everything(params["training"]["seed"])
+    model = build_model(params, task.in_channels).to(run.device)
+    # 4. the epochs: train, validate, adjust the learning rate, keep the best checkpoint
     try:
-        for epoch in range(start_epoch, training["epochs"]):
-            seed_everything(training["seed"] * 1000003 + epoch)
-            task.set_epoch(epoch)
-            started = time.time()
-            train_loss, n_samples, step = train_epoch(net, task, loaders[0], samplers[0], optimizer, params,
-                                                      epoch, step, device, rank)
-            val_loss = validate(net, task, loaders[1], params, device, world)
-            if not math.isfinite(val_loss):
-                raise Diverged(f"validation loss is {val_loss} at epoch {epoch + 1}, step {step}")
-            scheduler.step(val_loss)
-            seconds = time.time() - started
-            improved = val_loss < best_val
-            best_val = min(best_val, val_loss)
-            if rank == 0:
-                state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "step": step,
-                         "rng": rng_states(), "params": params, "stats": task.stats, "best_val": best_val,
-                         "val_loss": val_loss, "in_channels": task.in_channels}
-                save_checkpoint(last_path, state)
-                if improved:
-                    save_checkpoint(best_path, state)
-                log_rows.append({"epoch": epoch + 1, "train_loss": f"{train_loss:.6g}", "val_loss": f"{val_loss:.6g}",
-                                 "lr": f"{optimizer.param_groups[0]['lr']:.6g}", "seconds": f"{seconds:.2f}",
-                                 "samples_per_s": f"{n_samples * world / seconds:.2f}"})
-                os.makedirs(paths["outputs"], exist_ok=True)
-                write_log(log_path, log_rows)
-                print(f"epoch {epoch + 1}/{training['epochs']}: train {train_loss:.4g}  val {val_loss:.4g}  "
-                      f"lr {optimizer.param_groups[0]['lr']:.3g}  {seconds:.1f} s  "
-                      f"{n_samples * world / seconds:.1f} samples/s{'  (best)' if improved else ''}")
+        progress = fit(params, task, model, run, resume_run=args.resume)
     except Diverged as exc:
-        kept = f"; the last good checkpoint is {last_path}" if os.path.exists(last_path) else \
-            "; no checkpoint was written"
+        last = os.path.join(params["paths"]["checkpoints"], "last.pt")
+        kept = f"; the last good checkpoint is {last}" if os.path.exists(last) else "; no checkpoint was written"
         print(f"error: training stopped: {exc}{kept} (lower training.lr?)", file=sys.stderr)
         return 1
     finally:
-        if world > 1:
+        if run.world > 1:
             dist.barrier()
-
-    if rank == 0 and not args.skip_test:
-        if not os.path.exists(best_path):
-            raise UserError(f"{best_path}: no best checkpoint to test")
-        model.load_state_dict(load_checkpoint(best_path, device)["model"])
-        report = test(model, task, loaders[2], params, device)
-        out = os.path.join(paths["outputs"], "test_metrics.json")
-        with open(out + ".tmp", "w") as fh:
-            json.dump(report, fh, indent=1)
-        os.replace(out + ".tmp", out)
-        print_test_report(report, "mm/h" if params["task"] == "nowcast" else "fraction")
-        print(f"training: {training['epochs'] - start_epoch} epochs -> {best_path}, {last_path}, {log_path}, {out}")
-    if world > 1:
-        dist.destroy_process_group()
+    # 5. test the best model on the whole test split
+    if run.main and not args.skip_test:
+        out = final_test(params, task, model, progress, run)
+        print(f"training: {params['training']['epochs']} epochs -> {progress.best}, {progress.last}, "
+              f"{progress.log}, {out}")
+    run.close()
     return 0
 
 

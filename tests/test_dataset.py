@@ -226,7 +226,8 @@ def test_load_datasets_and_workers(params, tmp_path):
     p, out = build(params, tmp_path, cases, {"train": ["a"], "val": ["b"], "test": ["c"]},
                    input_steps=3, lead_steps=2, output_steps=1, patch_size=16)
     p["training"].update(batch_size=4, num_workers=0, seed=7)
-    train, val, test = dataset.load_datasets(p)
+    loaders = dataset.load_datasets(p)
+    train, val, test = loaders["train"], loaders["val"], loaders["test"]
     assert [len(loader.dataset) for loader in (train, val, test)] == [10, 10, 10]
     serial = [b["x"] for b in train]  # the first epoch (each pass draws a new order from the generator)
     batch = next(iter(train))
@@ -238,7 +239,7 @@ def test_load_datasets_and_workers(params, tmp_path):
     assert sorted(val_times[0]) == sorted(set(val_times[0])) and len(val_times[0]) == 10
     # the same batches with two worker processes: crops depend on (seed, epoch, index) only
     p["training"]["num_workers"] = 2
-    train2, _, _ = dataset.load_datasets(p)
+    train2 = dataset.load_datasets(p)["train"]
     parallel = [b["x"] for b in train2]
     assert len(parallel) == len(serial) == 3
     for s, q in zip(serial, parallel):

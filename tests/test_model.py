@@ -106,12 +106,12 @@ def test_cell_starts_from_zero_state_and_remembers_by_default():
 def test_per_pixel_peephole_rejects_another_frame_size():
     cell = model.ConvLSTMCell(2, 3, peephole_size=(8, 8))
     assert cell.w_co.shape == (3, 8, 8)
-    with pytest.raises(config.UserError, match="8 x 8 pixels, got a frame of 8 x 6"):
+    with pytest.raises(ValueError, match="8 x 8 pixels, got a frame of 8 x 6"):
         cell(torch.randn(1, 2, 8, 6))
     unet = model.ConvLSTM_UNet(2, 1, base_channels=4, depth=2, peephole_size=[9, 7])
-    with pytest.raises(config.UserError, match="9 x 7 frames .*got 8 x 7"):
+    with pytest.raises(ValueError, match="9 x 7 frames .*got 8 x 7"):
         unet(torch.randn(1, 2, 2, 8, 7))
-    with pytest.raises(config.UserError, match="peephole_size: expected null or"):
+    with pytest.raises(ValueError, match="peephole_size: expected null or"):
         model.ConvLSTMCell(2, 3, peephole_size=[8, 0])
 
 
@@ -199,7 +199,7 @@ def test_unet_pads_with_zeros_and_crops_back():
 
 def test_wrong_input_channels_is_a_clear_error():
     for net in small_models(1).values():
-        with pytest.raises(config.UserError, match=r"expected input of shape \(B, T, 3, H, W\)"):
+        with pytest.raises(ValueError, match=r"expected input of shape \(B, T, 3, H, W\)"):
             net(torch.randn(1, 2, 4, 8, 8))
 
 

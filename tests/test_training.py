@@ -151,5 +151,5 @@ def test_sea_ice_task_trains_and_tests(tmp_path):
     assert len(model["mse"]) == 2 and len(model["iiee_km2"]) == 2
     # land carries no weight: a model trained with it masked is scored only on ocean pixels
     task = training.SeaIceTask(config.load_params(str(cfg)))
-    x, y, mask = task.unpack(next(iter(torch.utils.data.DataLoader(task.datasets[0], batch_size=1))), "cpu")
+    x, y, mask = task.unpack(next(iter(torch.utils.data.DataLoader(task.datasets["train"], batch_size=1))), "cpu")
     assert not mask[0, 0, 0, :3].any() and mask[0, 0, 0, 3:].all()
