@@ -146,6 +146,11 @@ SCHEMA = Section(
         crop_tries=Key(int, 10, "random crops tried to find a rainy patch", minimum=1),
         eval_full_frame=Key(bool, False, "val/test samples: false = the centre patch_size crop, true = the full "
                             "frame (a batch is zero-padded to its largest grid, padding has coverage False)"),
+        rain_filter_fraction=Key(NUM, 0.0, "NL-50-style sample filter (every split, and evaluate.py): keep a window "
+                                 "only when, in every target frame, at least this fraction of the covered pixels "
+                                 "exceeds rain_filter_threshold; 0: keep all; NL-50: 0.5", "fraction", minimum=0),
+        rain_filter_threshold=Key(NUM, 0.0, "the rain of rain_filter_fraction: value > this (NL-50, SmaAt-UNet's "
+                                  "create_datasets.py: > 0)", "mm/h", minimum=0),
     ),
     model=Section(
         required=True, doc="the network; `name` picks one, its options are in the section of that name",
@@ -199,6 +204,10 @@ SCHEMA = Section(
         amp=Key(bool, True, "bf16 autocast on CUDA (ignored on CPU)"),
         lr_patience=Key(int, 2, "ReduceLROnPlateau patience", "epochs", minimum=0),
         lr_factor=Key(NUM, 0.5, "ReduceLROnPlateau factor", minimum=0),
+        init_weight=Key(str, "", "fine-tuning: a pretrain.py or training.py checkpoint; its weights whose name and "
+                        "shape match the model's are copied in before training (not on --resume); '' = none"),
+        freeze=Key(str, "no", "fine-tuning: 'encoder' keeps the encoder's weights and batch-norm statistics fixed "
+                   "(spark_unet)", choices=("no", "encoder")),
         loss=Section(
             "loss on the target (pixels outside coverage, and land, carry no weight)",
             name=Key(str, "weighted_mse", "loss function", choices=("weighted_mse", "mse", "mae")),
@@ -480,13 +489,35 @@ class Overrides(dict):
 
 
 def overrides_from(args):
-    """Overrides {dotted key: value} of the override flags in parsed `args` (None: not given)."""
+    """Overrides {dotted key: value} of the override flags in parsed `args` (None: not given), after
+    the values of `--protocol NAME` (add_protocol_arg) where given; a flag given explicitly wins."""
     values, flags = {}, {}
+    protocol = getattr(args, "protocol", None)
+    for dotted, value in (PROTOCOLS[protocol][0] if protocol else {}).items():
+        values[dotted], flags[dotted] = copy.deepcopy(value), f"--protocol {protocol}"
     for dest, value in vars(args).items():
         if dest.startswith(_FLAG_DEST):
             dotted, flag = dest[len(_FLAG_DEST):].split("|")
-            values[dotted], flags[dotted] = value, flag
+            if value is not None or dotted not in values:
+                values[dotted], flags[dotted] = value, flag
     return Overrides(values, flags)
+
+
+PROTOCOLS = {  # name -> (params.json values, description); `--protocol NAME` of training/evaluate/pretrain.py
+    "seed004": ({"data.input_steps": 12, "data.lead_steps": 6, "data.output_steps": 1,
+                 "data.rain_filter_fraction": 0.5, "data.rain_filter_threshold": 0.0, "evaluation.thresholds": [0.5]},
+                "seed 004's NL-50 protocol (SmaAt-UNet, SpaT-SparK): 12 input frames (1 h of 5-minute steps) -> "
+                "the frame 30 min ahead (data.input_steps 12, lead_steps 6, output_steps 1), only windows whose "
+                "target has rain (> 0 mm/h) on at least 50 %% of its covered pixels (data.rain_filter_fraction "
+                "0.5, rain_filter_threshold 0), scores at 0.5 mm/h (evaluation.thresholds [0.5])"),
+}
+
+
+def add_protocol_arg(parser):
+    """Add `--protocol NAME`: set the params.json keys of a published protocol (PROTOCOLS) at once."""
+    parser.add_argument("--protocol", choices=tuple(PROTOCOLS), help="; ".join(
+        f"{name}: {doc}" for name, (_, doc) in PROTOCOLS.items()) + " (default: none; other flags win)")
+    return parser
 
 
 def flag_value(args, dotted):

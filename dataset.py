@@ -43,7 +43,8 @@ import zarr
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, SequentialSampler
 
 from config import UserError
-from normalization import channel_list, frame_starts, sample_starts, window_steps
+from normalization import (channel_list, denormalize_target, frame_starts, load_stats, rainy_fraction,
+                           rainy_starts, sample_starts, window_steps)
 
 SPLITS = ("train", "val", "test")
 
@@ -84,11 +85,15 @@ class ZarrPatchDataset(Dataset):
         self._arrays, self._pid = {}, None
 
     def _window_starts(self, root):
-        """First input step of every sample window of one opened store (see the module docstring)."""
-        return sample_starts(root["valid"][:], self.data)
+        """First input step of every sample window of one opened store (see `window_starts`)."""
+        stats = load_stats(os.path.dirname(os.path.abspath(self.split_dir))) if self.data["rain_filter_fraction"] else None
+        return window_starts(root, self.data, stats)
 
     def _window_text(self):
-        return f"input_steps {self.input_steps} + lead_steps {self.lead_steps} + output_steps {self.output_steps}"
+        text = f"input_steps {self.input_steps} + lead_steps {self.lead_steps} + output_steps {self.output_steps}"
+        fraction = self.data["rain_filter_fraction"]
+        return text + (f" with >= {fraction:g} of the target above {self.data['rain_filter_threshold']:g} mm/h "
+                       "(data.rain_filter_fraction)" if fraction else "")
 
     def _rain_steps(self, start):
         """Steps whose rain_max a rainy training crop is looked for in: the targets."""
@@ -161,6 +166,26 @@ class ZarrPatchDataset(Dataset):
                 "coverage": torch.from_numpy(np.ascontiguousarray(coverage, dtype=bool)),
                 "time": torch.from_numpy(self.times[store][targets].copy()),
                 "case": self.cases[store]}
+
+
+def window_starts(root, data, stats=None):
+    """First input step of every sample window of one opened store (zarr group of preproc.py).
+
+    Every window whose steps are valid (normalization.sample_starts); with data.rain_filter_fraction
+    > 0 only those whose every target frame has at least that fraction of its covered pixels above
+    data.rain_filter_threshold mm/h (NL-50's filter, normalization.rainy_starts). The filter reads
+    the target frames one at a time (once) and needs stats (stats.json) to turn them into mm/h.
+    """
+    valid = root["valid"][:]
+    starts = sample_starts(valid, data)
+    if not data["rain_filter_fraction"] or not len(starts):
+        return starts
+    _, targets = window_steps(0, data)
+    fractions = np.full(len(valid), np.nan)
+    for t in np.unique(starts[:, None] + np.arange(targets.start, targets.stop)[None, :]):
+        frame = denormalize_target(root["target"][t], stats)
+        fractions[t] = rainy_fraction(frame, root["coverage"][t], data["rain_filter_threshold"])
+    return rainy_starts(starts, fractions, data, data["rain_filter_fraction"])
 
 
 class FrameWindowDataset(ZarrPatchDataset):

@@ -5,7 +5,8 @@
     python evaluate.py [--config params.json] --checkpoint CKPT --predict RAW_CASE_DIR [--output F.nc|F.zarr]
 
 Scoring: every method forecasts every valid window of the split (all forecast start
-times t0 of every <processed_data>/<split>/<case>.zarr; full frames), in physical units
+times t0 of every <processed_data>/<split>/<case>.zarr, or only the rainy ones with the NL-50
+filter data.rain_filter_fraction > 0, as dataset.window_starts; full frames), in physical units
 (mm/h, the inverse of the normalisation in the checkpoint's stats), and is scored where the
 target has coverage. Scores are exact over the whole split (contingency tables and sums are
 accumulated, metrics.py), per lead time:
@@ -46,7 +47,8 @@ import metrics
 from atomic import atomic_path
 from config import UserError
 from model import build_model
-from normalization import denormalize_target, sample_starts, target_input_frames, window_steps
+from dataset import window_starts
+from normalization import denormalize_target, target_input_frames, window_steps
 from preproc import EPOCH, scan_case, write_case
 from training import load_checkpoint, pick_device
 
@@ -118,10 +120,9 @@ def score_split(forecaster, params, split, methods, batch_size):
                metrics.ContinuousAccumulator(lead_axis=0, step_minutes=data["time_step_minutes"]),
                metrics.FSSAccumulator(evaluation["thresholds"], evaluation["fss_windows"], lead_axis=0))
            for m in methods}
-    windows = {}  # store name -> first input step of every valid window (reads only `valid`)
+    windows = {}  # store name -> first input step of every valid window (NL-50 filter: data.rain_filter_fraction)
     for name in stores:
-        valid = zarr.open_group(os.path.join(folder, name), mode="r")["valid"][:]
-        windows[name] = sample_starts(valid, data)
+        windows[name] = window_starts(zarr.open_group(os.path.join(folder, name), mode="r"), data, forecaster.stats)
     n_windows = sum(len(w) for w in windows.values())
     bar = tqdm(total=n_windows, desc=f"evaluate {split} ({', '.join(methods)})", unit="window")
     for name, starts in windows.items():
@@ -298,6 +299,7 @@ def main(argv=None):
                                           "(default: evaluation.methods)")
     parser.add_argument("--batch_size", type=int, default=4, help="windows per model call (default: 4)")
     config.add_override_flags(parser, [("--device", "training.device")])
+    config.add_protocol_arg(parser)
     parser.add_argument("--predict", metavar="RAW_CASE_DIR", help="forecast from this raw case instead of scoring")
     parser.add_argument("--t0", metavar="YYYYmmddHHMM", help="--predict: forecast from this time (default: the last)")
     parser.add_argument("--output", help="--predict: forecast file, .nc or .zarr "

@@ -442,21 +442,38 @@ class MaskedBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d with mask-aware statistics (SparK's sparse batch norm).
 
     forward(x, active=None): x (B, C, H, W). Without `active` this is nn.BatchNorm2d. With active
-    (B, 1, h, w) bool (True = visible, at a stride that divides H and W), the mean, variance and
-    running statistics come from the visible positions only, treated as a batch of (N, C)
-    vectors, and masked positions come out as exactly 0. Same parameters and state_dict keys as
-    nn.BatchNorm2d, so weights move between pretraining and fine-tuning unchanged.
+    (B, 1, h, w) bool (True = visible, at a stride that divides H and W), the batch mean and
+    (biased) variance come from the visible positions only, as if they were a batch of (N, C)
+    vectors; the running statistics are updated from them as nn.BatchNorm2d does (unbiased
+    variance, `momentum`); masked positions come out as exactly 0. Same parameters and
+    state_dict keys as nn.BatchNorm2d, so weights move between pretraining and fine-tuning.
+    (Statistics are masked sums, not a gather of the visible rows: in torch 2.13 on the CPU, the
+    backward pass of boolean-mask indexing corrupted the heap when run on one thread.)
     """
 
     def forward(self, x, active=None):
         if active is None:
             return super().forward(x)
-        keep = _block_mask(active, x.shape[-2:])[:, 0]           # (B, H, W)
-        channels_last = x.permute(0, 2, 3, 1)
-        visible = super().forward(channels_last[keep][:, :, None, None])[:, :, 0, 0]  # (N, C)
-        out = channels_last.new_zeros(channels_last.shape)
-        out[keep] = visible
-        return out.permute(0, 3, 1, 2)
+        keep = _block_mask(active, x.shape[-2:]).to(x.dtype)          # (B, 1, H, W)
+        if self.training or not self.track_running_stats:
+            n = keep.sum()
+            mean = (x * keep).sum((0, 2, 3)) / n
+            var = ((x - mean.view(1, -1, 1, 1)) * keep).square().sum((0, 2, 3)) / n
+            if self.training and self.track_running_stats:
+                self._update_running_stats(mean.detach(), var.detach(), n)
+        else:
+            mean, var = self.running_mean, self.running_var
+        y = (x - mean.view(1, -1, 1, 1)) * torch.rsqrt(var.view(1, -1, 1, 1) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        return y * keep
+
+    @torch.no_grad()
+    def _update_running_stats(self, mean, var, n):
+        self.num_batches_tracked.add_(1)
+        momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+        self.running_mean.mul_(1 - momentum).add_(momentum * mean)
+        self.running_var.mul_(1 - momentum).add_(momentum * var * n / (n - 1).clamp(min=1))
 
 
 class BasicBlock(nn.Module):
@@ -689,6 +706,20 @@ class SparKUNet(nn.Module):
         self.transition = Transition(transition, widths[:4])
         self.decoder = nn.ModuleList(UpBlock(widths[k], widths[k + 1]) for k in range(5))
         self.head = nn.Conv2d(widths[5], output_steps, 1)
+        self.encoder_frozen = False
+
+    def freeze_encoder(self):
+        """Fine-tuning with a fixed encoder (the seed's --freeze encoder): its parameters stop learning
+        (requires_grad False) and its batch-norm statistics stop updating (it stays in eval mode)."""
+        self.encoder.requires_grad_(False)
+        self.encoder_frozen = True
+        return self.train(self.training)
+
+    def train(self, mode=True):
+        super().train(mode)
+        if self.encoder_frozen:
+            self.encoder.eval()
+        return self
 
     def _densify(self, stacked, active=None):
         features = []

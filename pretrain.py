@@ -143,6 +143,7 @@ def parse_args(argv):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     config.add_config_arg(parser)
     config.add_override_flags(parser, FLAGS)
+    config.add_protocol_arg(parser)
     parser.add_argument("--resume", action="store_true", help="continue from <paths.checkpoints>/<exp_name>/last.pt")
     return parser.parse_args(argv)
 

@@ -4,6 +4,7 @@ rainy_starts), all counted by hand."""
 import numpy as np
 import pytest
 
+import config
 import dataset
 import normalization
 from test_dataset import build, ramp
@@ -64,3 +65,32 @@ def test_rainy_starts_filter_counts_by_hand():
     # two targets (s+2, s+3): both must pass; starts 0..4 -> pairs (0.5,0.7) (0.7,nan) (nan,0.6) (0.6,0.49) (0.49,0.8)
     data2 = {"input_steps": 2, "lead_steps": 1, "output_steps": 2}
     np.testing.assert_array_equal(normalization.rainy_starts(np.arange(5), fractions, data2, 0.5), [0])
+
+
+def test_rain_filter_keeps_the_windows_counted_by_hand(params, tmp_path):
+    # rain (1 mm/h) on the first k(t) of 24 rows: rainy fraction k / 24; >= 0.5 when k >= 12
+    rows = [24, 0, 12, 18, 6, 24, 11, 13, 0, 12]
+    yy = np.mgrid[0:24, 0:20][0]
+    cases = {"a": (10, set(), lambda t: (yy < rows[t]).astype(float))}
+    p, out = build(params, tmp_path, cases, {"train": ["a"], "val": [], "test": []},
+                   input_steps=2, lead_steps=1, output_steps=1, patch_size=16, rain_filter_fraction=0.5)
+    # windows s = 0..7, target s + 2: k = 12, 18, 6, 24, 11, 13, 0, 12 -> kept s = 0, 1, 3, 5, 7
+    np.testing.assert_array_equal(dataset.ZarrPatchDataset(str(out / "train"), p).sample_map[:, 1], [0, 1, 3, 5, 7])
+    p["data"]["rain_filter_fraction"] = 0.7                   # k >= 16.8: 18, 24 -> s = 1, 3
+    np.testing.assert_array_equal(dataset.ZarrPatchDataset(str(out / "train"), p).sample_map[:, 1], [1, 3])
+    p["data"]["rain_filter_threshold"] = 1.0                  # strictly above 1 mm/h: no pixel
+    with pytest.raises(config.UserError, match="rain_filter_fraction"):
+        dataset.ZarrPatchDataset(str(out / "train"), p)
+    p["data"]["rain_filter_fraction"] = 0.0                   # off: all 8 windows
+    assert len(dataset.ZarrPatchDataset(str(out / "train"), p)) == 8
+
+
+def test_seed004_protocol_sets_its_keys_and_explicit_flags_win():
+    import argparse
+    parser = config.add_protocol_arg(config.add_override_flags(
+        argparse.ArgumentParser(), [("--lead_steps", "data.lead_steps"), ("--batch_size", "training.batch_size")]))
+    overrides = config.overrides_from(parser.parse_args(["--protocol", "seed004", "--lead_steps", "3"]))
+    assert overrides == {"data.input_steps": 12, "data.lead_steps": 3, "data.output_steps": 1,
+                         "data.rain_filter_fraction": 0.5, "data.rain_filter_threshold": 0.0,
+                         "evaluation.thresholds": [0.5], "training.batch_size": None}
+    assert config.overrides_from(parser.parse_args([])) == {"data.lead_steps": None, "training.batch_size": None}
