@@ -34,7 +34,6 @@ loss), both loadable by training.py --init_weight; <paths.outputs>/<exp_name>/pr
 and reconstruction.png (input, masked input, reconstruction of held-out windows).
 """
 import argparse
-import csv
 import math
 import os
 import sys
@@ -46,15 +45,18 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import config
-from atomic import atomic_path
 from config import UserError
 from dataset import FrameWindowDataset
 from model import SparKUNet, count_parameters
 from normalization import load_stats, target_input_frames
-from training import Diverged, load_checkpoint, pick_device, rng_states, save_checkpoint, seed_everything
+from training import (Diverged, check_same_run, load_checkpoint, pick_device, read_log, rng_states, save_checkpoint,
+                      seed_everything, write_log)
 
 STRIDE = SparKUNet.stride
 VAL_MASK_SEED = 7919  # held-out masks: torch.Generator seeded by training.seed + this, the same every epoch
+RUN_KEYS = ("model.spark_unet", "data.inputs", "data.transform", "data.patch_size", "pretraining.in_channels",
+            "pretraining.bs", "pretraining.mask", "pretraining.mask_mode", "pretraining.ep", "pretraining.wp_ep",
+            "pretraining.base_lr", "pretraining.weight_decay", "pretraining.steps_per_epoch")  # --resume checks these
 LOG_COLUMNS = ("epoch", "train_loss", "val_loss", "val_constant_level", "lr", "seconds", "cpu_seconds",
                "samples_per_s")
 FLAGS = (
@@ -169,6 +171,8 @@ def build(params, stats, frames):
 
 
 def make_loaders(params, frames):
+    """The training windows (a dataset: `batches` shuffles it) and a loader of the held-out windows
+    (the val split's stores, centre crops, one fixed order)."""
     pre, processed = params["pretraining"], params["paths"]["processed_data"]
     train = FrameWindowDataset(os.path.join(processed, "train"), params, frames, train=True)
     val = FrameWindowDataset(os.path.join(processed, "val"), params, frames, train=False)
@@ -268,24 +272,10 @@ def reconstruction_panels(model, loader, params, stats, device, out_path, n_samp
         title=f"Masked pretraining: last of {T} frames, {params['pretraining']['mask']:g} of the patches masked ({mode})")
 
 
-def read_log(path, up_to_epoch):
-    if not os.path.isfile(path):
-        return []
-    with open(path, newline="") as fh:
-        return [row for row in csv.DictReader(fh) if int(row["epoch"]) <= up_to_epoch]
-
-
-def write_log(path, rows):
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=LOG_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def run_epochs(model, optimizer, train_set, val_loader, params, stats, device, paths_, start):
+def run_epochs(model, optimizer, train_set, val_loader, params, stats, device, files, start):
     """The epoch loop; checkpoints and log rows written after every epoch. Returns the last epoch run."""
     pre, seed = params["pretraining"], params["training"]["seed"]
-    last_path, best_path, log_path = paths_
+    last_path, best_path, log_path = files
     epoch, step, best_val, rows = start
     for epoch in range(epoch, pre["ep"]):
         seed_everything(seed * 1000003 + epoch)
@@ -307,7 +297,7 @@ def run_epochs(model, optimizer, train_set, val_loader, params, stats, device, p
                      "val_constant_level": f"{level:.6g}", "lr": f"{optimizer.param_groups[0]['lr']:.6g}",
                      "seconds": f"{seconds:.2f}", "cpu_seconds": f"{cpu_seconds:.2f}",
                      "samples_per_s": f"{n_samples / seconds:.2f}"})
-        write_log(log_path, rows)
+        write_log(log_path, rows, LOG_COLUMNS)
         print(f"epoch {epoch + 1}/{pre['ep']}: train {train_loss:.4g}  held-out {val_loss:.4g} (constant level "
               f"{level:.4g})  lr {optimizer.param_groups[0]['lr']:.3g}  {seconds:.1f} s, {cpu_seconds:.1f} CPU s  "
               f"{n_samples / seconds:.1f} samples/s{'  (best)' if improved else ''}")
@@ -332,6 +322,7 @@ def main(argv=None):
         state = load_checkpoint(last_path)
         if state.get("kind") != "spark_pretraining":
             raise UserError(f"{last_path}: not a pretrain.py checkpoint")
+        check_same_run(last_path, state["params"], params, RUN_KEYS)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start = (state["epoch"], state["step"], state["best_val"], read_log(log_path, state["epoch"]))

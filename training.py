@@ -286,9 +286,9 @@ def read_log(path, up_to_epoch):
         return [row for row in csv.DictReader(fh) if int(row["epoch"]) <= up_to_epoch]
 
 
-def write_log(path, rows):
+def write_log(path, rows, columns=LOG_COLUMNS):
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=LOG_COLUMNS)
+        writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
 
@@ -329,9 +329,9 @@ RUN_KEYS = ("task", "model", "data.inputs", "data.target", "data.transform", "da
             "data.lead_steps", "data.output_steps")
 
 
-def check_same_run(path, saved, params):
-    """UserError when a checkpoint was made with other settings than `params` in any of RUN_KEYS."""
-    for dotted in RUN_KEYS:
+def check_same_run(path, saved, params, keys=RUN_KEYS):
+    """UserError when a checkpoint was made with other settings than `params` in any of `keys`."""
+    for dotted in keys:
         before, now = config.get_dotted(saved, dotted), config.get_dotted(params, dotted)
         if before != now:
             raise UserError(f"{path}: made with {dotted} = {json.dumps(before)}, but the config has "

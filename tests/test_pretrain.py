@@ -235,6 +235,8 @@ def test_pretrain_resumes_bit_for_bit_and_writes_its_outputs(processed, tmp_path
     assert [r["epoch"] for r in rows] == ["1", "2"] and list(rows[0]) == list(pretrain.LOG_COLUMNS)
     assert 0 < float(rows[1]["val_constant_level"]) <= 1
     assert os.path.getsize(resumed / "out" / "spark_pretrain" / "reconstruction.png") > 10000
+    with pytest.raises(config.UserError, match="made with pretraining.mask = 0.5, but the config has 0.3"):
+        pretrain.main(["--config", cfg, "--resume", "--mask", "0.3"])
 
 
 def test_pretrain_user_errors_are_one_line(processed, tmp_path):
