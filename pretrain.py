@@ -22,10 +22,12 @@ radar frames stacked as channels (Li, Siebes and Mehrkanoon 2024, arXiv:2412.159
 - Decoder: masked positions of every scale are filled with a learned mask token (densify), and the
   light U-Net decoder reconstructs all frames (model.SparKUNet.reconstruct).
 - Loss (`masked_patch_loss`): on masked (frame, patch) pairs only, mean squared error against the
-  target normalised per patch: (x - mean) / sqrt(var + 1e-6), mean and variance over that frame's
-  patch (C x 32 x 32 values). Predicting any constant per patch scores the "constant level" =
-  the share of masked patches that are not constant (dry patches are constant): the log reports it
-  beside the held-out loss, as the level to beat (it is a lower bound of predicting the visible mean).
+  target normalised per patch: (x - mean) / sqrt(var + 1e-6), mean and variance over the 32 x 32
+  values of each channel of that frame's patch (per channel, unlike SparK's joint RGB patches:
+  radar and NWP fields have unrelated scales). Predicting any constant per patch and channel
+  scores the "constant level" = the share of masked patch-channels that are not constant (dry
+  radar patches are constant): the log reports it beside the held-out loss, as the level to beat
+  (predicting the visible mean, or any other constant, can only score worse).
 - Optimiser: AdamW, lr = base_lr x bs / 256, linear warm-up over wp_ep epochs then cosine decay to
   0 (per step), weight decay `weight_decay`.
 Outputs: <paths.checkpoints>/<exp_name>/last.pt (every epoch; --resume continues from it, bit for
@@ -101,17 +103,22 @@ def patchify(x, patch):
 
 
 def normalised_patches(x, patch, eps=1e-6):
-    """SparK's per-patch normalised targets: patchify(x), then (x - mean) / sqrt(var + eps) with the
-    mean and (population) variance over each patch's values. Also returns mean and std (B, T, h, w, 1)."""
+    """SparK's per-patch normalised targets, per channel: patchify(x), then (x - mean) / sqrt(var +
+    eps) with the mean and (population) variance over the patch * patch values of each channel.
+    x: (B, T, C, H, W). Returns (normalised (B, T, h, w, C * patch * patch), mean and std, both
+    broadcastable to it)."""
     patches = patchify(x, patch)
-    mean = patches.mean(-1, keepdim=True)
-    std = torch.sqrt(patches.var(-1, keepdim=True, unbiased=False) + eps)
-    return (patches - mean) / std, mean, std
+    per_channel = patches.reshape(*patches.shape[:-1], x.shape[2], patch * patch)
+    mean = per_channel.mean(-1, keepdim=True)
+    std = torch.sqrt(per_channel.var(-1, keepdim=True, unbiased=False) + eps)
+    expand = lambda v: v.expand_as(per_channel).reshape(patches.shape)  # noqa: E731
+    return (patches - expand(mean)) / expand(std), expand(mean), expand(std)
 
 
 def masked_patch_loss(reconstruction, target, visible, patch=STRIDE):
     """Mean over masked (frame, patch) pairs of the mean squared error between the reconstruction
-    and the per-patch normalised target (SparK, Tian et al. 2023, eq. 4 with patch normalisation).
+    and the target normalised per patch and channel (SparK, Tian et al. 2023, Sect. 3.4, with
+    normalised patches as in MAE).
 
     reconstruction, target: (B, T, C, H, W); visible: (B, T, H / patch, W / patch) bool. Visible
     patches carry no weight whatever their values. 0 when nothing is masked.

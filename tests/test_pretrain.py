@@ -62,8 +62,9 @@ def loss_by_hand(rec, target, visible, patch):
                     if visible[b, t, i, j]:
                         continue
                     cut = (b, t, slice(None), slice(i * patch, (i + 1) * patch), slice(j * patch, (j + 1) * patch))
-                    x = target[cut].double().numpy()
-                    normalised = (x - x.mean()) / np.sqrt(x.var() + 1e-6)
+                    x = target[cut].double().numpy()                      # (C, patch, patch)
+                    mean, var = x.mean(axis=(1, 2), keepdims=True), x.var(axis=(1, 2), keepdims=True)
+                    normalised = (x - mean) / np.sqrt(var + 1e-6)         # per channel
                     total += np.mean((rec[cut].double().numpy() - normalised) ** 2)
                     count += 1
     return total / count
@@ -73,6 +74,7 @@ def test_loss_equals_the_patch_by_patch_definition():
     g = torch.Generator().manual_seed(4)
     target, rec = torch.rand(2, 3, 2, 8, 12, generator=g), torch.randn(2, 3, 2, 8, 12, generator=g)
     target[0, 0, :, :4, :4] = 0.25                            # a constant ("dry") patch: normalised to 0
+    target[1, 2, 1] *= 1000                                    # channel 1 of one frame on another scale
     visible = pretrain.random_visible(2, 3, (2, 3), 0.5, "spatiotemporal", g)
     visible[0, 0, 0, 0] = False
     got = pretrain.masked_patch_loss(rec, target, visible, patch=4).item()
