@@ -293,7 +293,7 @@ def test_frames_are_stacked_as_channels_in_time_order():
     first = net.inc[0].depthwise   # the first layer sees frame t's channel c at channel 2 t + c
     assert first.groups == first.in_channels == 6
     hooked = {}
-    first.register_forward_hook(lambda m, inputs, out: hooked.update(x=inputs[0]))
+    net.inc[0].register_forward_hook(lambda m, inputs, out: hooked.update(x=inputs[0]))
     net(x)
     torch.testing.assert_close(hooked["x"], stacked)
 
@@ -330,6 +330,13 @@ def test_cbam_matches_its_formula():
     y = x * channel
     spatial = torch.sigmoid(F.conv2d(torch.stack([y.mean(1), y.amax(1)], 1), cbam.spatial.weight, padding=3))
     torch.testing.assert_close(cbam(x), y * spatial)
+
+
+def test_depthwise_step_equals_the_grouped_convolution():
+    torch.manual_seed(13)
+    conv = model.DepthwiseSeparableConv(3, 5, kernels_per_layer=2).double()
+    x = torch.randn(2, 3, 7, 6, dtype=torch.float64)
+    torch.testing.assert_close(conv(x), conv.pointwise(conv.depthwise(x)))   # nn.Conv2d(groups=3) itself
 
 
 def test_smaat_convolutions_are_depthwise_separable_with_attention_on_every_skip():
