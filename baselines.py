@@ -30,6 +30,7 @@ import numpy as np
 from scipy import ndimage
 
 from config import UserError
+from interpolation import bilinear_sample
 
 
 # --------------------------------------------------------------------------- lead times
@@ -81,9 +82,10 @@ def _masked_blur(image, weight, sigma):
     return np.where(denominator > 1e-6, numerator / np.maximum(denominator, 1e-6), 0.0), denominator
 
 
-def _sample(image, x, y, order=1):
-    """Bilinear samples of image (H, W) at pixel coordinates x (column), y (row); edges clamped."""
-    return ndimage.map_coordinates(image, [y, x], order=order, mode="nearest", prefilter=False)
+def _sample(image, x, y):
+    """Bilinear samples of image (H, W) at pixel coordinates x (column), y (row); edges clamped
+    (scipy's map_coordinates order=1, mode="nearest", computed by interpolation.bilinear_sample)."""
+    return bilinear_sample(image, x, y)
 
 
 def _pyramid(images, weights, n_levels):
@@ -252,7 +254,7 @@ def advect(field, velocity, leads, fill_value=np.nan):
 
 
 # --------------------------------------------------------------------------- extrapolation
-def extrapolation(inputs, leads, motion_frames=3, fill_value=np.nan, **motion_options):
+def extrapolation(inputs, leads, motion_frames=3, fill_value=np.nan, motion=None, **motion_options):
     """Optical-flow extrapolation nowcast (ROVER-like): motion from the last frames, advect the last.
 
     Parameters
@@ -265,6 +267,9 @@ def extrapolation(inputs, leads, motion_frames=3, fill_value=np.nan, **motion_op
         How many of the last input frames feed the motion estimate (>= 2).
     fill_value : float
         Forecast where the trajectory leaves the domain (NaN: unknown; 0.0: no rain).
+    motion : array_like (..., 2, H, W), optional
+        The motion fields of these inputs when already estimated (motion_field of the last
+        motion_frames frames): they are used instead of estimating them again.
     **motion_options
         Passed to motion_field (levels, window_sigma, warps, regularization, smooth_sigma).
 
@@ -282,7 +287,7 @@ def extrapolation(inputs, leads, motion_frames=3, fill_value=np.nan, **motion_op
     out = np.empty(inputs.shape[:-3] + (len(leads),) + inputs.shape[-2:], dtype=dtype)
     for index in np.ndindex(inputs.shape[:-3]):
         frames = inputs[index][-max(2, int(motion_frames)):]
-        velocity = motion_field(frames, **motion_options)
+        velocity = motion_field(frames, **motion_options) if motion is None else np.asarray(motion)[index]
         out[index] = advect(frames[-1], velocity, leads, fill_value)
     return out
 

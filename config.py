@@ -82,6 +82,10 @@ CELL_KEYS = dict(  # the ConvLSTM cell options every ConvLSTM model shares
                       "H x W", "pixels", items=int, nullable=True),
 )
 
+LAGRANGIAN_DOC = ("forecast in Lagrangian coordinates (L-CNN): inputs moved to the last input time along the "
+                  "stored motion, the network predicts growth and decay, the result is advected to each lead; "
+                  "needs data.motion")
+
 SCHEMA = Section(
     task=Key(str, "nowcast", "what training.py trains on", choices=("nowcast", "sea_ice")),
     paths=Section(
@@ -151,6 +155,12 @@ SCHEMA = Section(
                                  "exceeds rain_filter_threshold; 0: keep all; NL-50: 0.5", "fraction", minimum=0),
         rain_filter_threshold=Key(NUM, 0.0, "the rain of rain_filter_fraction: value > this (NL-50, SmaAt-UNet's "
                                   "create_datasets.py: > 0)", "mm/h", minimum=0),
+        motion=Key(bool, True, "preproc.py stores the target's motion field per step (baselines.motion_field of the "
+                   "last motion_frames frames, full frames), which Lagrangian models and augmentation use"),
+        motion_frames=Key(int, 3, "frames up to a step that its motion is estimated from (also the "
+                          "extrapolation baseline's)", "steps", minimum=2),
+        augment=Key(bool, True, "training crops are flipped and turned by multiples of 90 degrees at random, "
+                    "their motion vectors with them"),
     ),
     model=Section(
         required=True, doc="the network; `name` picks one, its options are in the section of that name",
@@ -161,11 +171,16 @@ SCHEMA = Section(
             base_channels=Key(int, 16, "hidden channels at the finest scale (doubled per level)", minimum=1),
             depth=Key(int, 3, "number of scales", minimum=1),
             **CELL_KEYS,
+            upsample=Key(str, "transposed", "decoder x2 upsampling: 2x2 transposed convolution, the same with ICNR "
+                         "initialisation, or bilinear x2 + 3x3 convolution",
+                         choices=("transposed", "transposed_icnr", "bilinear")),
+            lagrangian=Key(bool, False, LAGRANGIAN_DOC),
         ),
         encoder_forecaster=Section(
             "encoder-forecaster of Shi et al. (2015)",
             hidden_channels=Key(list, [32, 32], "hidden channels per stacked layer", items=int),
             **CELL_KEYS,
+            lagrangian=Key(bool, False, LAGRANGIAN_DOC),
         ),
         smaat_unet=Section(
             "SmaAt-UNet of Trebing et al. (2021), input frames stacked as channels (seed 004's baseline)",
@@ -208,9 +223,14 @@ SCHEMA = Section(
                         "shape match the model's are copied in before training (not on --resume); '' = none"),
         freeze=Key(str, "no", "fine-tuning: 'encoder' keeps the encoder's weights and batch-norm statistics fixed "
                    "(spark_unet)", choices=("no", "encoder")),
+        early_stop_patience=Key(int, 0, "stop when the validation loss has not improved for this many epochs "
+                                "(0: never)", "epochs", minimum=0),
+        cpu_minutes=Key(NUM, 0, "stop after the epoch in which this run's CPU time (all threads and loader "
+                        "workers) passes this budget (0: no budget)", "min", minimum=0),
         loss=Section(
             "loss on the target (pixels outside coverage, and land, carry no weight)",
-            name=Key(str, "weighted_mse", "loss function", choices=("weighted_mse", "mse", "mae")),
+            name=Key(str, "weighted_mse", "loss function; weighted_mse_mae is the B-MSE + B-MAE of Shi et al. (2017)",
+                     choices=("weighted_mse", "weighted_mse_mae", "mse", "mae")),
             thresholds=Key(list, [2.0, 5.0, 10.0, 30.0], "weighted_mse: rain-rate thresholds", "mm/h", items=NUM),
             weights=Key(list, [1.0, 2.0, 5.0, 10.0, 30.0],
                         "weighted_mse: weight below the first threshold, then above each", items=NUM),

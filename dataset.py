@@ -9,31 +9,37 @@ A sample is a dict:
     x        (input_steps, C, P, P)   float32  normalised inputs, steps s .. t0, channels as stats.json
     y        (output_steps, 1, P, P)  float32  normalised target at t0 + lead_steps + k, k < output_steps
     coverage (output_steps, 1, P, P)  bool     the target has data (losses and scores ignore False)
+    motion   (2, P, P)                float32  the target's motion at t0, pixels per step, [0] x, [1] y
+                                               (only when the stores hold it: data.motion in preproc.py)
     time     (output_steps,)          int64    target times, minutes since 1970-01-01 00:00 UTC
     case     str                               case id
 Batches (pad_collate) stack these along a new first axis B; `case` becomes a list of str.
 `normalization.denormalize_target(y, stats)` turns y or a prediction into physical units (mm/h);
 `normalization.load_stats(processed_dir)` reads stats.json.
 
-`ZarrPatchDataset(split_dir, params, train=True)`:
+`ZarrPatchDataset(split_dir, params, train=True, stats=None)`:
 - At init it opens every <split_dir>/*.zarr, reads only `valid (T,)` and `time (T,)` and builds
   `sample_map (N, 2) int64` = (store index, first input step s) over every window whose input
   steps s .. t0 = s + input_steps - 1 and target steps t0 + lead_steps + k (k < output_steps) are
   all valid. Stores are (re)opened lazily in each worker process; num_workers > 0 works.
-- __getitem__ reads only the patch (inputs, target, coverage), never a whole frame.
+- __getitem__ reads only the patch (inputs, target, coverage, motion), never a whole frame.
 - Training crops are random and depend only on (training.seed, epoch, index) through
   numpy.random.default_rng([seed, epoch, index]): the same for any num_workers; call
-  `set_epoch(e)` each epoch to draw new crops (the loaders do not keep workers alive between
-  epochs, so the new epoch reaches them). With probability data.rain_patch_prob a crop is
+  `set_epoch(e)` before each pass over the data to draw new crops (training.py does it for every
+  pass, so a sample drawn twice in one epoch gets two crops; the loaders do not keep workers
+  alive between passes, so the new epoch reaches them). With probability data.rain_patch_prob a crop is
   looked for among rainy ones: up to data.crop_tries random crops are checked against the store's
   `rain_max` (target max per 8 x 8 block, mm/h) and the first one that holds a block whose
   maximum exceeds data.rain_threshold (block entirely inside the crop, so the crop surely has
   rain) is kept; else the last one drawn. No target data is read for this check.
+- Training samples (data.augment) are flipped and turned by a multiple of 90 degrees, drawn from
+  (seed, epoch, index) too; the motion vectors turn with the frames (lagrangian.rotate_flip).
 - val/test (train=False): the centre crop, or the full frame when data.eval_full_frame (or the
   `full_frame` argument) is true.
 - A grid smaller than patch_size along an axis is read whole and zero-padded at the bottom/right
   to P; the padding has coverage False.
 """
+import argparse
 import glob
 import os
 
@@ -42,8 +48,10 @@ import torch
 import zarr
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, SequentialSampler
 
+import config
 from config import UserError
-from normalization import (channel_list, denormalize_target, frame_starts, load_stats, rainy_fraction,
+from lagrangian import rotate_flip
+from normalization import (channel_list, check_store, denormalize_target, frame_starts, load_stats, rainy_fraction,
                            rainy_starts, sample_starts, window_steps)
 
 SPLITS = ("train", "val", "test")
@@ -52,7 +60,7 @@ SPLITS = ("train", "val", "test")
 class ZarrPatchDataset(Dataset):
     """Patches of the per-case stores in one split folder (see the module docstring)."""
 
-    def __init__(self, split_dir, params, train=True, full_frame=None, seed=None):
+    def __init__(self, split_dir, params, train=True, full_frame=None, seed=None, stats=None):
         data = params["data"]
         self.split_dir, self.params, self.data, self.train = split_dir, params, data, train
         self.input_steps, self.lead_steps = data["input_steps"], data["lead_steps"]
@@ -66,27 +74,33 @@ class ZarrPatchDataset(Dataset):
         if not self.paths:
             raise UserError(f"{split_dir}: no .zarr stores (run preproc.py; see paths.processed_data)")
         self.channels = [c for _, c, _ in channel_list(params)]
+        self.augment = train and data["augment"]
         self.cases, self.grids, self.times, self.rain_blocks, rows = [], [], [], [], []
+        self.has_motion = True
         for index, path in enumerate(self.paths):
             root = zarr.open_group(path, mode="r")
+            self.has_motion &= "motion" in root
             attrs = root.attrs.asdict()
             if attrs.get("channels") != self.channels:
                 raise UserError(f"{path}: channels {attrs.get('channels')} differ from data.inputs "
                                 f"{self.channels}; re-run preproc.py")
+            if stats is not None:
+                check_store(path, attrs, stats, "stats.json")
             self.cases.append(attrs["case"])
             self.grids.append(tuple(attrs["grid_shape"]))
             self.rain_blocks.append(attrs["rain_block"])
             self.times.append(root["time"][:])
-            starts = self._window_starts(root)
+            starts = self._window_starts(root, stats)
             rows.append(np.stack([np.full(len(starts), index, dtype=np.int64), starts], axis=1))
         self.sample_map = np.concatenate(rows)  # (N, 2): store index, first input step
         if not len(self.sample_map):
             raise UserError(f"{split_dir}: no valid window of {self._window_text()} in {len(self.paths)} stores")
         self._arrays, self._pid = {}, None
 
-    def _window_starts(self, root):
+    def _window_starts(self, root, stats=None):
         """First input step of every sample window of one opened store (see `window_starts`)."""
-        stats = load_stats(os.path.dirname(os.path.abspath(self.split_dir))) if self.data["rain_filter_fraction"] else None
+        if self.data["rain_filter_fraction"] and stats is None:
+            stats = load_stats(os.path.dirname(os.path.abspath(self.split_dir)))
         return window_starts(root, self.data, stats)
 
     def _window_text(self):
@@ -117,7 +131,8 @@ class ZarrPatchDataset(Dataset):
             self._arrays, self._pid = {}, os.getpid()
         if index not in self._arrays:
             root = zarr.open_group(self.paths[index], mode="r")
-            self._arrays[index] = {name: root[name] for name in ("inputs", "target", "coverage", "rain_max")}
+            names = ("inputs", "target", "coverage", "rain_max") + (("motion",) if self.has_motion else ())
+            self._arrays[index] = {name: root[name] for name in names}
         return self._arrays[index]
 
     def _has_rain(self, rain, block, grid, y0, x0, size_y, size_x):
@@ -158,14 +173,35 @@ class ZarrPatchDataset(Dataset):
         x = arrays["inputs"][inputs, :, rows, cols]
         y = arrays["target"][targets, rows, cols][:, None]
         coverage = arrays["coverage"][targets, rows, cols][:, None]
+        motion = arrays["motion"][inputs.stop - 1, :, rows, cols] if self.has_motion else None  # at t0
         if not self.full_frame and (size_y < self.patch_size or size_x < self.patch_size):
             pad = ((0, 0), (0, 0), (0, self.patch_size - size_y), (0, self.patch_size - size_x))
             x, y, coverage = np.pad(x, pad), np.pad(y, pad), np.pad(coverage, pad)
-        return {"x": torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
-                "y": torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32)),
-                "coverage": torch.from_numpy(np.ascontiguousarray(coverage, dtype=bool)),
-                "time": torch.from_numpy(self.times[store][targets].copy()),
-                "case": self.cases[store]}
+            motion = None if motion is None else np.pad(motion, pad[1:])
+        if self.augment:
+            x, y, coverage, motion = self.turn(index, x, y, coverage, motion)
+        sample = {"x": torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
+                  "y": torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32)),
+                  "coverage": torch.from_numpy(np.ascontiguousarray(coverage, dtype=bool)),
+                  "time": torch.from_numpy(self.times[store][targets].copy()),
+                  "case": self.cases[store]}
+        if motion is not None:
+            sample["motion"] = torch.from_numpy(np.ascontiguousarray(motion, dtype=np.float32))
+        return sample
+
+    def turn_draw(self, index):
+        """(quarter turns 0..3, flip) of sample `index` in this epoch, apart from the crop's draws."""
+        rng = np.random.default_rng([self.seed, self.epoch, int(index), 1])
+        return int(rng.integers(0, 4)), bool(rng.integers(0, 2))
+
+    def turn(self, index, x, y, coverage, motion):
+        """Augmentation: one of the 8 flips/quarter turns, drawn from (seed, epoch, index), applied to the
+        frames and, consistently, to the motion vectors (lagrangian.rotate_flip)."""
+        turns, flip = self.turn_draw(index)
+        x, _ = rotate_flip(x, None, turns, flip)
+        y, _ = rotate_flip(y, None, turns, flip)
+        coverage, motion = rotate_flip(coverage, motion, turns, flip)
+        return x, y, coverage, motion
 
 
 def window_starts(root, data, stats=None):
@@ -193,7 +229,8 @@ class FrameWindowDataset(ZarrPatchDataset):
     self-supervised pretraining (pretrain.py), which can use every valid frame of every store.
 
     Crops as ZarrPatchDataset (train: random, rainy ones preferred by the rain_max of the window's
-    steps; val/test: the centre patch_size crop; a smaller grid is zero-padded). A sample:
+    steps, flipped and turned with data.augment; val/test: the centre patch_size crop; a smaller
+    grid is zero-padded). A sample:
         x     (frames, C, P, P) float32  normalised inputs, steps s .. s + frames - 1
         time  (frames,)         int64    minutes since 1970-01-01 00:00 UTC
         case  str
@@ -203,7 +240,7 @@ class FrameWindowDataset(ZarrPatchDataset):
         self.frames = int(frames)
         super().__init__(split_dir, params, train=train, full_frame=False, seed=seed)
 
-    def _window_starts(self, root):
+    def _window_starts(self, root, stats=None):
         return frame_starts(root["valid"][:], self.frames)
 
     def _window_text(self):
@@ -218,6 +255,8 @@ class FrameWindowDataset(ZarrPatchDataset):
         x = self._store(store)["inputs"][start:start + self.frames, :, y0:y0 + size_y, x0:x0 + size_x]
         if size_y < self.patch_size or size_x < self.patch_size:
             x = np.pad(x, ((0, 0), (0, 0), (0, self.patch_size - size_y), (0, self.patch_size - size_x)))
+        if self.augment:
+            x, _ = rotate_flip(x, None, *self.turn_draw(index))
         return {"x": torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
                 "time": torch.from_numpy(self.times[store][start:start + self.frames].copy()),
                 "case": self.cases[store]}
@@ -226,11 +265,13 @@ class FrameWindowDataset(ZarrPatchDataset):
 def pad_collate(samples):
     """Stack samples into a batch; frames of different sizes are zero-padded at the bottom/right
     to the largest (coverage False there). x (B, T_in, C, H, W), y and coverage (B, T_out, 1, H, W),
-    time (B, T_out), case [B]."""
+    motion (B, 2, H, W) when the stores have it, time (B, T_out), case [B]."""
     n_y = max(s["x"].shape[-2] for s in samples)
     n_x = max(s["x"].shape[-1] for s in samples)
     batch = {}
-    for key in ("x", "y", "coverage"):
+    for key in ("x", "y", "coverage", "motion"):
+        if key not in samples[0]:
+            continue
         first = samples[0][key]
         out = first.new_zeros((len(samples),) + tuple(first.shape[:-2]) + (n_y, n_x))
         for i, s in enumerate(samples):
@@ -242,9 +283,14 @@ def pad_collate(samples):
 
 
 def make_datasets(params):
-    """{"train", "val", "test": ZarrPatchDataset} over <paths.processed_data>/<split> (train: random crops)."""
+    """{"train", "val", "test": ZarrPatchDataset} over <paths.processed_data>/<split> (train: random crops).
+
+    Every store must have been normalised with <paths.processed_data>/stats.json (UserError otherwise).
+    """
     processed = params["paths"]["processed_data"]
-    return {name: ZarrPatchDataset(os.path.join(processed, name), params, train=(name == "train")) for name in SPLITS}
+    stats = load_stats(processed)
+    return {name: ZarrPatchDataset(os.path.join(processed, name), params, train=(name == "train"), stats=stats)
+            for name in SPLITS}
 
 
 def load_datasets(params, world=1, rank=0, datasets=None, collate=pad_collate, pin_memory=None):
@@ -276,3 +322,31 @@ def load_datasets(params, world=1, rank=0, datasets=None, collate=pad_collate, p
                                    pin_memory=pin_memory, persistent_workers=False)
     loaders["val"].sampler.set_epoch(0)  # one fixed mixed validation order
     return loaders
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Check the datasets over preproc.py's stores: samples per split, grids, and the shapes "
+                    "and value ranges of one training batch (what training.py will read).")
+    config.add_config_arg(parser)
+    config.add_override_flags(parser, [("--processed_data", "paths.processed_data", {"metavar": "DIR"}),
+                                       ("--batch_size", "training.batch_size"), ("--patch_size", "data.patch_size")])
+    args = parser.parse_args(argv)
+    params = config.load_params(args.config, config.overrides_from(args))
+    params["training"]["num_workers"] = 0
+    loaders = load_datasets(params)
+    for name, loader in loaders.items():
+        data = loader.dataset
+        grids = ", ".join(sorted({f"{h}x{w}" for h, w in data.grids}))
+        print(f"{name:<5} {len(data):6d} samples from {len(data.paths)} stores (grids {grids})")
+    batch = next(iter(loaders["train"]))
+    stats = load_stats(params["paths"]["processed_data"])
+    rain = denormalize_target(batch["y"], stats)[batch["coverage"]]
+    print(f"a training batch: x {tuple(batch['x'].shape)} (B, T_in, C, H, W) in [{float(batch['x'].min()):.3g}, "
+          f"{float(batch['x'].max()):.3g}], y {tuple(batch['y'].shape)}, coverage {float(batch['coverage'].float().mean()):.1%}"
+          f", target up to {float(rain.max()) if rain.numel() else 0:.3g} mm/h")
+    return 0
+
+
+if __name__ == "__main__":
+    config.run_main(main)

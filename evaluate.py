@@ -46,10 +46,10 @@ import config
 import metrics
 from atomic import atomic_path
 from config import UserError
-from model import build_model
 from dataset import window_starts
-from normalization import denormalize_target, target_input_frames, window_steps
-from preproc import EPOCH, scan_case, write_case
+from model import Lagrangian, build_model
+from normalization import check_store, denormalize_target, target_input_frames, window_steps
+from preproc import EPOCH, NoCoverage, scan_case, write_case
 from training import load_checkpoint, pick_device
 
 CATEGORICAL = ("csi", "pod", "far", "hss", "hss_half", "ets", "frequency_bias", "accuracy", "precision", "f1")
@@ -61,31 +61,53 @@ TABLE_COLUMNS = ("pmse", "accuracy", "precision", "recall", "f1", "csi", "far", 
 
 # --------------------------------------------------------------------------- forecasters
 class Forecaster:
-    """Runs the model and the baselines on one window; every output in mm/h, (T_out, H, W)."""
+    """Forecasts of the model and the baselines for a batch of windows; every output in mm/h."""
 
-    def __init__(self, model, stats, params, device):
-        self.model, self.stats, self.device = model, stats, device
+    def __init__(self, model, stats, params, device, source="checkpoint"):
+        self.model, self.stats, self.device, self.source = model, stats, device, source
         data = params["data"]
         self.leads = [data["lead_steps"] + k for k in range(data["output_steps"])]  # steps after t0
+        self.motion_frames = data["motion_frames"]
+        self.lagrangian = isinstance(model, Lagrangian)
 
     def last_target_frames(self, x):
-        """The target channel of the inputs x (T_in, C, H, W) in mm/h, (T_in, H, W); None if it is no input."""
+        """The target channel of the inputs x (..., T_in, C, H, W) in mm/h, (..., T_in, H, W); None if it is no input."""
         return target_input_frames(x, self.stats)
 
-    @torch.no_grad()
-    def model_forecast(self, x):
-        """x: normalised inputs (B, T_in, C, H, W) numpy -> (B, T_out, H, W) mm/h."""
-        pred = self.model(torch.from_numpy(x).to(self.device)).float()[:, :, 0]
-        return denormalize_target(pred, self.stats).cpu().numpy()
+    def forecasts(self, x, methods):
+        """{method: (B, T_out, H, W) mm/h} for normalised inputs x (B, T_in, C, H, W) numpy.
 
-    def baseline(self, name, x):
+        The motion of each window (baselines.motion_field of its last data.motion_frames target
+        frames) is estimated once and used by the extrapolation and by a Lagrangian model.
+        """
         frames = self.last_target_frames(x)
-        if frames is None:
-            raise UserError(f"--methods {name}: the target {self.stats['target']['channel']!r} is not an input "
-                            f"channel, so {name} has no past frames to extrapolate")
-        if name == "persistence":
-            return baselines.persistence(frames, self.leads)
-        return baselines.extrapolation(frames, self.leads, fill_value=0.0)
+        baseline = [m for m in methods if m != "model"]
+        if baseline and frames is None:
+            raise UserError(f"--methods {baseline[0]}: the target {self.stats['target']['channel']!r} is not an "
+                            f"input channel, so {baseline[0]} has no past frames to extrapolate")
+        motion = None
+        if "extrapolation" in methods or (self.lagrangian and "model" in methods):
+            motion = np.stack([baselines.motion_field(f[-self.motion_frames:]) for f in frames])
+        out = {}
+        if "model" in methods:
+            out["model"] = self.model_forecast(x, motion)
+        if "persistence" in methods:
+            out["persistence"] = baselines.persistence(frames, self.leads)
+        if "extrapolation" in methods:
+            out["extrapolation"] = baselines.extrapolation(frames, self.leads, motion_frames=self.motion_frames,
+                                                           fill_value=0.0, motion=motion)
+        return out
+
+    @torch.no_grad()
+    def model_forecast(self, x, motion=None):
+        """x: normalised inputs (B, T_in, C, H, W) numpy (motion (B, 2, H, W) for a Lagrangian model)
+        -> (B, T_out, H, W) mm/h."""
+        inputs = torch.from_numpy(x).to(self.device)
+        if self.lagrangian:
+            pred = self.model(inputs, torch.from_numpy(motion).to(self.device, inputs.dtype))
+        else:
+            pred = self.model(inputs)
+        return denormalize_target(pred.float()[:, :, 0], self.stats).cpu().numpy()
 
 
 def load_model(checkpoint, params, device):
@@ -97,7 +119,7 @@ def load_model(checkpoint, params, device):
         raise UserError(f"{checkpoint}: a sea-ice checkpoint; evaluate.py scores nowcasting models "
                         "(training.py writes the sea-ice test scores to test_metrics.json)")
     ckpt_params = state["params"]
-    model = build_model(ckpt_params, len(state["stats"]["channels"])).to(device)
+    model = build_model(ckpt_params, len(state["stats"]["channels"]), state["stats"]).to(device)
     model.load_state_dict(state["model"])
     model.eval()
     data_keys = ("input_steps", "lead_steps", "output_steps")
@@ -122,7 +144,9 @@ def score_split(forecaster, params, split, methods, batch_size):
            for m in methods}
     windows = {}  # store name -> first input step of every valid window (NL-50 filter: data.rain_filter_fraction)
     for name in stores:
-        windows[name] = window_starts(zarr.open_group(os.path.join(folder, name), mode="r"), data, forecaster.stats)
+        root = zarr.open_group(os.path.join(folder, name), mode="r")
+        check_store(os.path.join(folder, name), root.attrs.asdict(), forecaster.stats, f"checkpoint {forecaster.source}")
+        windows[name] = window_starts(root, data, forecaster.stats)
     n_windows = sum(len(w) for w in windows.values())
     bar = tqdm(total=n_windows, desc=f"evaluate {split} ({', '.join(methods)})", unit="window")
     for name, starts in windows.items():
@@ -133,13 +157,7 @@ def score_split(forecaster, params, split, methods, batch_size):
             x = np.stack([store["inputs"][inputs] for inputs, _ in steps])
             obs = denormalize_target(np.stack([store["target"][targets] for _, targets in steps]), forecaster.stats)
             cover = np.stack([store["coverage"][targets] for _, targets in steps])
-            forecasts = {}
-            if "model" in methods:
-                forecasts["model"] = forecaster.model_forecast(x)
-            for method in methods:
-                if method != "model":
-                    forecasts[method] = np.stack([forecaster.baseline(method, xi) for xi in x])
-            for method, fc in forecasts.items():
+            for method, fc in forecaster.forecasts(x, methods).items():
                 for i in range(len(batch)):  # per window: (T_out, H, W), lead axis 0
                     for accumulator in acc[method]:
                         accumulator.update(fc[i], obs[i], cover[i])
@@ -229,13 +247,17 @@ def predict(forecaster, params, raw_case_dir, output, t0_text):
         raise UserError(f"{raw_case_dir}: raw case folder not found (expected <case>/<source>/<YYYYmmddHHMM>.npy)")
     raw_dir, case = os.path.split(raw_case_dir)
     data = params["data"]
+    wanted = parse_t0(t0_text) if t0_text else None
     plan = scan_case(raw_dir or ".", case, params)
+    no_motion = {**params, "data": {**data, "motion": False}}  # the forecaster estimates the window's motion
     with tempfile.TemporaryDirectory() as tmp:
-        store = zarr.open_group(write_case(plan, "predict", tmp, forecaster.stats, params), mode="r")
+        try:
+            store = zarr.open_group(write_case(plan, "predict", tmp, forecaster.stats, no_motion)[0], mode="r")
+        except NoCoverage as exc:
+            raise UserError(f"{raw_case_dir}: {exc}") from None
         valid, minutes = store["valid"][:], store["time"][:]
         ends = [t for t in range(data["input_steps"] - 1, len(valid)) if valid[t - data["input_steps"] + 1:t + 1].all()]
         if t0_text:
-            wanted = int((dt.datetime.strptime(t0_text, "%Y%m%d%H%M") - EPOCH).total_seconds()) // 60
             ends = [t for t in ends if minutes[t] == wanted]
             if not ends:
                 raise UserError(f"--t0 {t0_text}: no valid input window ends then in {raw_case_dir}")
@@ -243,7 +265,7 @@ def predict(forecaster, params, raw_case_dir, output, t0_text):
             raise UserError(f"{raw_case_dir}: no {data['input_steps']} consecutive valid steps to forecast from")
         t0 = ends[-1]
         x = store["inputs"][t0 - data["input_steps"] + 1:t0 + 1][None]
-        forecast = forecaster.model_forecast(x)[0]  # (T_out, H, W) mm/h
+        forecast = forecaster.forecasts(x, ["model"])["model"][0]  # (T_out, H, W) mm/h
         inputs_mm = forecaster.last_target_frames(x[0])
         lead_steps = np.array(forecaster.leads)
         targets = [t0 + k for k in lead_steps]
@@ -251,11 +273,12 @@ def predict(forecaster, params, raw_case_dir, output, t0_text):
         target = denormalize_target(np.stack([store["target"][t] for t in targets]), forecaster.stats) \
             if have_target else None
         coverage = store["coverage"][t0]
+    forecast[:, ~coverage] = np.nan  # outside radar coverage at t0 there is no forecast
     step = data["time_step_minutes"]
     t0_time = EPOCH + dt.timedelta(minutes=int(minutes[t0]))
     valid_times = [t0_time + dt.timedelta(minutes=int(step * k)) for k in lead_steps]
     output = output or os.path.join(params["paths"]["outputs"], "forecasts", f"{case}_{t0_time:%Y%m%d%H%M}.nc")
-    write_forecast(output, forecast, valid_times, t0_time, lead_steps * step, case)
+    write_forecast(output, forecast, valid_times, t0_time, lead_steps * step, case, coverage)
     png = os.path.splitext(output)[0] + ".png"
     try:
         import plotting
@@ -268,14 +291,29 @@ def predict(forecaster, params, raw_case_dir, output, t0_text):
     return output, png
 
 
-def write_forecast(path, forecast, valid_times, t0_time, lead_minutes, case):
-    """rain_rate (lead, y, x) mm/h with valid times, as NetCDF (.nc) or Zarr (.zarr); temp name then rename."""
+def parse_t0(text):
+    """Minutes since 1970-01-01 of a --t0 YYYYmmddHHMM; UserError naming the flag otherwise."""
+    try:
+        if len(text) != 12 or not text.isdigit():
+            raise ValueError
+        when = dt.datetime.strptime(text, "%Y%m%d%H%M")
+    except ValueError:
+        raise UserError(f"--t0 {text!r}: expected a time as YYYYmmddHHMM (12 digits, UTC)") from None
+    return int((when - EPOCH).total_seconds()) // 60
+
+
+def write_forecast(path, forecast, valid_times, t0_time, lead_minutes, case, coverage):
+    """rain_rate (lead, y, x) mm/h (NaN outside coverage) and coverage (y, x) with valid times, as
+    NetCDF (.nc) or Zarr (.zarr); temp name then rename."""
     import xarray as xr
     if not path.endswith((".nc", ".zarr")):
         raise UserError(f"--output {path}: expected a name ending in .nc or .zarr")
     ds = xr.Dataset(
         {"rain_rate": (("lead", "y", "x"), forecast.astype(np.float32),
-                       {"units": "mm h-1", "long_name": "forecast rain rate"})},
+                       {"units": "mm h-1", "long_name": "forecast rain rate", "comment": "NaN outside coverage"}),
+         "coverage": (("y", "x"), coverage.astype(np.uint8),
+                      {"long_name": "radar coverage at the forecast reference time (1: data, 0: none)",
+                       "flag_values": np.array([0, 1], np.uint8), "flag_meanings": "no_data data"})},
         coords={"lead": ("lead", np.asarray(lead_minutes, dtype=np.int32), {"units": "minutes", "long_name": "lead time"}),
                 "time": ("lead", np.array(valid_times, dtype="datetime64[ns]"), {"long_name": "valid time (UTC)"}),
                 "y": np.arange(forecast.shape[1], dtype=np.int32), "x": np.arange(forecast.shape[2], dtype=np.int32)},
@@ -312,7 +350,7 @@ def main(argv=None):
             raise UserError(f"--methods: unknown method {method!r}; expected model, {', '.join(baselines.METHODS)}")
     device = pick_device(params["training"]["device"])
     model, stats = load_model(args.checkpoint, params, device)
-    forecaster = Forecaster(model, stats, params, device)
+    forecaster = Forecaster(model, stats, params, device, os.path.basename(args.checkpoint))
     if args.predict:
         output, png = predict(forecaster, params, args.predict, args.output, args.t0)
         print(f"evaluate: forecast -> {output}" + (f", panels -> {png}" if png else ""))

@@ -31,6 +31,7 @@ Conventions (they hold for every function and accumulator here)
   ETS/FSS when neither field has an event. An empty set of valid pixels gives
   NaN for every score (and zero counts).
 """
+import numba
 import numpy as np
 from scipy import ndimage
 
@@ -257,20 +258,49 @@ def continuous_scores(pred, obs, mask=None):
 
 
 # --------------------------------------------------------------------------- spatial: FSS
-def _fraction_sums(pred, obs, valid, threshold, window):
-    """Sums of Sf^2, Sf*So, So^2 over all pixels, Sf/So = window-mean event fractions.
+def _fraction_sums(pred, obs, valid, threshold, windows):
+    """Sums of Sf^2, Sf*So, So^2 over all pixels for each window size: array (3, len(windows)).
 
-    Invalid pixels are non-events in both fields (pysteps sets a NaN to a non-event);
-    the fractions use scipy's uniform_filter over the last two axes, mode "constant"
-    (zeros outside the domain), exactly as pysteps.verification.spatialscores.fss.
+    Sf/So = window-mean event fractions. Invalid pixels are non-events in both fields
+    (pysteps sets a NaN to a non-event); the fractions are window x window means with zeros
+    outside the domain, as scipy's uniform_filter (mode "constant") in
+    pysteps.verification.spatialscores.fss. They are counted exactly with integral images
+    (numba; a stack (..., H, W) frame by frame, every window from one integral image), so the
+    sums match pysteps' to float rounding (tests/test_metrics.py) at a fraction of the cost.
     """
-    size = (1,) * (np.ndim(pred) - 2) + (int(window), int(window))
-    f = (events(pred, threshold) & valid).astype(np.float64)
-    o = (events(obs, threshold) & valid).astype(np.float64)
-    if window > 1:
-        f = ndimage.uniform_filter(f, size=size, mode="constant", cval=0.0)
-        o = ndimage.uniform_filter(o, size=size, mode="constant", cval=0.0)
-    return np.sum(f * f), np.sum(f * o), np.sum(o * o)
+    windows = np.atleast_1d(np.asarray(windows, dtype=np.int64))
+    f = (events(pred, threshold) & valid).reshape((-1,) + np.shape(pred)[-2:]).view(np.uint8)
+    o = (events(obs, threshold) & valid).reshape(f.shape).view(np.uint8)
+    sums = np.zeros((3, len(windows)), dtype=np.int64)
+    for frame_f, frame_o in zip(f, o):
+        sums += _box_count_products(frame_f, frame_o, windows)
+    return sums.astype(np.float64) / windows.astype(np.float64) ** 4
+
+
+@numba.njit(parallel=True, cache=True)
+def _box_count_products(f, o, windows):
+    """(3, n_windows): sum cf^2, sum cf*co, sum co^2 over pixels, cf/co = event counts in the
+    w x w box around each pixel (rows i - w // 2 .. i + (w - 1) // 2, likewise columns)."""
+    n_y, n_x = f.shape
+    pf = np.zeros((n_y + 1, n_x + 1), np.int32)
+    po = np.zeros((n_y + 1, n_x + 1), np.int32)
+    for i in range(n_y):
+        for j in range(n_x):
+            pf[i + 1, j + 1] = pf[i, j + 1] + pf[i + 1, j] - pf[i, j] + f[i, j]
+            po[i + 1, j + 1] = po[i, j + 1] + po[i + 1, j] - po[i, j] + o[i, j]
+    rows = np.zeros((n_y, 3, len(windows)), np.int64)
+    for i in numba.prange(n_y):
+        for k in range(len(windows)):
+            before, after = windows[k] // 2, (windows[k] - 1) // 2
+            top, bottom = max(i - before, 0), min(i + after + 1, n_y)
+            for j in range(n_x):
+                left, right = max(j - before, 0), min(j + after + 1, n_x)
+                cf = np.int64(pf[bottom, right] - pf[top, right] - pf[bottom, left] + pf[top, left])
+                co = np.int64(po[bottom, right] - po[top, right] - po[bottom, left] + po[top, left])
+                rows[i, 0, k] += cf * cf
+                rows[i, 1, k] += cf * co
+                rows[i, 2, k] += co * co
+    return rows.sum(axis=0)
 
 
 def _fss_from_sums(sum_ff, sum_fo, sum_oo):
@@ -309,7 +339,7 @@ def fss(pred, obs, threshold, window, mask=None):
     if np.ndim(pred) < 2:
         raise ValueError(f"fss needs fields (..., H, W), got shape {np.shape(pred)}")
     valid = valid_pixels(pred, obs, mask)
-    return float(_fss_from_sums(*_fraction_sums(pred, obs, valid, threshold, window)))
+    return float(_fss_from_sums(*_fraction_sums(pred, obs, valid, threshold, [window])[:, 0]))
 
 
 # --------------------------------------------------------------------------- image and physical
@@ -742,9 +772,7 @@ class FSSAccumulator:
         sums = np.zeros((3, len(self.thresholds), len(self.windows), n_leads))
         for lead in range(n_leads):
             for i, threshold in enumerate(self.thresholds):
-                for j, window in enumerate(self.windows):
-                    sums[:, i, j, lead] = _fraction_sums(pred[lead], obs[lead], valid[lead],
-                                                         threshold, window)
+                sums[:, i, :, lead] = _fraction_sums(pred[lead], obs[lead], valid[lead], threshold, self.windows)
         if self.lead_axis is None:
             sums = sums[..., 0]
         self.sums = _accumulate(self.sums, sums)

@@ -36,7 +36,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lagrangian import sample, trajectories
 from config import UserError  # only for get_model/build_model: errors in params.json values
+from normalization import denormalize, normalize_tensor, target_channel
 
 
 
@@ -235,6 +237,29 @@ def _conv_block(in_channels, out_channels):
         nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False), norm(out_channels), nn.ReLU(inplace=True))
 
 
+def _transposed(in_channels, out_channels):
+    """x2 upsampling by a 2x2 stride-2 transposed convolution (PyTorch's default initialisation)."""
+    return nn.ConvTranspose2d(in_channels, out_channels, 2, stride=2)
+
+
+def _transposed_icnr(in_channels, out_channels):
+    """The transposed convolution with ICNR initialisation: its 4 kernel positions start equal, so
+    at initialisation it is a 1x1 convolution followed by nearest-neighbour upsampling."""
+    layer = _transposed(in_channels, out_channels)
+    with torch.no_grad():
+        layer.weight.copy_(layer.weight[:, :, :1, :1].expand_as(layer.weight))
+    return layer
+
+
+def _bilinear(in_channels, out_channels):
+    """x2 upsampling by bilinear interpolation, then a 3x3 convolution (no checkerboard by design)."""
+    return nn.Sequential(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+                         nn.Conv2d(in_channels, out_channels, 3, padding=1))
+
+
+UPSAMPLERS = {"transposed": _transposed, "transposed_icnr": _transposed_icnr, "bilinear": _bilinear}
+
+
 class ConvLSTM_UNet(nn.Module):
     """U-Net whose encoder blocks are ConvLSTMs (seed 000).
 
@@ -242,8 +267,12 @@ class ConvLSTM_UNet(nn.Module):
     ConvLSTM reads the whole sequence: the input frames at scale 0, the previous scale's hidden
     sequence max-pooled 2x2 frame by frame below. The time dimension ends there: each scale hands
     its LAST hidden state to the decoder. The decoder starts from the deepest one and, scale by
-    scale, upsamples (2x2 transposed convolution), concatenates the skip and applies two 3x3
-    conv-GroupNorm-ReLU layers; a 1x1 head gives the output_steps frames.
+    scale, upsamples x2 (`upsample`: "transposed", a 2x2 stride-2 transposed convolution;
+    "transposed_icnr", the same initialised as nearest-neighbour upsampling (ICNR, Aitken et al.
+    2017, arXiv 1707.02937), which starts without a checkerboard; "bilinear", bilinear x2 then a
+    3x3 convolution (Odena et al. 2016, Distill, "Deconvolution and checkerboard artifacts")),
+    concatenates the skip and applies two 3x3 conv-GroupNorm-ReLU layers; a 1x1 head gives the
+    output_steps frames.
 
     Any H, W: frames are zero-padded at the bottom and right to a multiple of 2**(depth-1) and
     the prediction is cropped back. With per-pixel peepholes (peephole_size=(H, W), the input
@@ -253,8 +282,10 @@ class ConvLSTM_UNet(nn.Module):
     """
 
     def __init__(self, in_channels, output_steps, base_channels=16, depth=3, kernel_size=3, peephole=True,
-                 peephole_size=None):
+                 peephole_size=None, upsample="transposed"):
         super().__init__()
+        if upsample not in UPSAMPLERS:
+            raise ValueError(f"ConvLSTM_UNet: upsample must be one of {', '.join(UPSAMPLERS)}, got {upsample!r}")
         if depth < 1 or base_channels < 1 or output_steps < 1:
             raise ValueError(f"ConvLSTM_UNet: expected depth, base_channels and output_steps >= 1, "
                              f"got {depth}, {base_channels}, {output_steps}")
@@ -268,7 +299,7 @@ class ConvLSTM_UNet(nn.Module):
             ConvLSTM(c_in, c_out, kernel_size, True, peephole,
                      None if padded is None else (padded[0] >> level, padded[1] >> level))
             for level, (c_in, c_out) in enumerate(zip([in_channels] + channels[:-1], channels)))
-        self.upsample = nn.ModuleList(nn.ConvTranspose2d(channels[level + 1], channels[level], 2, stride=2)
+        self.upsample = nn.ModuleList(UPSAMPLERS[upsample](channels[level + 1], channels[level])
                                       for level in range(depth - 1))
         self.decoders = nn.ModuleList(_conv_block(2 * channels[level], channels[level]) for level in range(depth - 1))
         self.head = nn.Conv2d(channels[0], output_steps, kernel_size=1)
@@ -783,6 +814,54 @@ class SparKUNet(nn.Module):
         stacked = (x * pixels).reshape(B, T * C, H, W)
         y = self._decode(self._densify(stacked, visible.any(dim=1, keepdim=True)))
         return y.reshape(B, T, C, H, W)
+# --------------------------------------------------------------------------- Lagrangian forecasts
+class Lagrangian(nn.Module):
+    """An Eulerian network run in Lagrangian coordinates: it forecasts growth and decay only, the
+    motion comes from optical flow (L-CNN, Ritvanen et al. 2023, IEEE JSTARS 16, "Advection-free
+    convolutional neural network for convective rainfall nowcasting"; with the differentiable
+    semi-Lagrangian operator inside the network as in LUPIN, Pavlik et al. 2024, arXiv 2402.10747).
+
+    1. The input frame t0 - k is advected k steps along the motion field: every input lands in the
+       frame of the last input time t0 (lagrangian.trajectories, the scheme of baselines.advect;
+       0 where a trajectory comes from outside the frame).
+    2. `network` (B, T_in, C, H, W) -> (B, T_out, 1, H, W) reads them and predicts, per lead, the
+       change of the normalised target in that frame: z = last input frame + change.
+    3. z is turned into physical units (mm/h), advected `lead` steps along the same motion (0 mm/h
+       where the trajectory leaves the frame) and normalised again.
+    With a network that outputs 0 the forecast is the optical-flow extrapolation of
+    baselines.extrapolation (tests/test_model.py); the network's 1x1 head starts at zero, so
+    training starts from that baseline and learns growth, decay and smoothing.
+
+    target: {"channel": index of the target among the input channels, "min", "max", "transform"}
+    (stats.json); leads: the lead time of each output frame, steps after t0.
+    forward(x, motion) -> y: x (B, T_in, C, H, W) normalised, motion (B, 2, H, W) pixels per step
+    at t0 ([0] along x, [1] along y) -> y (B, T_out, 1, H, W) normalised.
+    """
+
+    def __init__(self, network, leads, target):
+        super().__init__()
+        if len(leads) != network.output_steps:
+            raise ValueError(f"Lagrangian: {len(leads)} lead times for {network.output_steps} output frames")
+        self.network, self.leads, self.target = network, list(leads), dict(target)
+        self.in_channels, self.output_steps = network.in_channels, network.output_steps
+        head = getattr(network, "head", None)
+        if isinstance(head, nn.Conv2d):  # start as the extrapolation: no change at any lead
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
+
+    def forward(self, x, motion):
+        if motion is None or motion.shape != (x.shape[0], 2) + x.shape[-2:]:
+            raise ValueError(f"Lagrangian: expected motion (B, 2, H, W) = {(x.shape[0], 2) + tuple(x.shape[-2:])}, "
+                             f"got {None if motion is None else tuple(motion.shape)}")
+        n_inputs = x.shape[1]
+        steps = trajectories(motion.to(x.dtype), max(n_inputs - 1, max(self.leads)))
+        moved = [sample(x[:, t], steps[n_inputs - 2 - t]) for t in range(n_inputs - 1)]
+        change = self.network(torch.stack(moved + [x[:, -1]], dim=1))            # (B, T_out, 1, H, W)
+        c, t = self.target["channel"], self.target
+        frame = x[:, -1:, c:c + 1] + change                                        # normalised, frame of t0
+        rain = denormalize(frame, t["min"], t["max"], t["transform"])              # mm/h
+        ahead = [sample(rain[:, i], steps[lead - 1]) for i, lead in enumerate(self.leads)]
+        return normalize_tensor(torch.stack(ahead, dim=1), t["min"], t["max"], t["transform"])
 
 
 # --------------------------------------------------------------------------- registry
@@ -795,12 +874,13 @@ MODELS = {
 SUPPLIED = ("in_channels", "output_steps", "input_steps")  # given by the caller, not by params.json
 
 
-def get_model(name, **cfg):
+def get_model(name, lagrangian=False, leads=None, target=None, **cfg):
     """Build the model registered as `name` from its options.
 
     cfg: the keys of params.json model.<name> (e.g. base_channels, depth, kernel_size, peephole,
     peephole_size) plus in_channels and output_steps, supplied by the caller, and input_steps for
-    the models that stack the input frames as channels (smaat_unet, spark_unet).
+    the models that stack the input frames as channels (smaat_unet, spark_unet). lagrangian=True
+    wraps it in `Lagrangian` (leads and target as there).
     Raises UserError for an unknown name or option (naming it and what is valid), ValueError for a
     bad value.
     """
@@ -809,17 +889,19 @@ def get_model(name, **cfg):
     accepted = list(inspect.signature(MODELS[name].__init__).parameters)[1:]
     unknown = [key for key in cfg if key not in accepted]
     if unknown:
-        raise UserError(f"model.{name}: unknown option {unknown[0]!r}; expected {', '.join(accepted)}")
+        raise UserError(f"model.{name}: unknown option {unknown[0]!r}; expected {', '.join(accepted + ['lagrangian'])}")
     missing = [key for key in SUPPLIED if key in accepted and key not in cfg]
     if missing:
         raise UserError(f"get_model({name!r}): {missing[0]} must be given")
-    return MODELS[name](**cfg)
+    network = MODELS[name](**cfg)
+    return Lagrangian(network, leads, target) if lagrangian else network
 
 
-def build_model(params, in_channels):
+def build_model(params, in_channels, stats=None):
     """The model named by params["model"]["name"] with the options of its section.
 
-    in_channels: C of the inputs (nowcast: radar + NWP channels; sea ice: 1).
+    in_channels: C of the inputs (nowcast: radar + NWP channels; sea ice: 1). stats: the stats.json
+    dict (needed by Lagrangian models, which advect in physical units).
     The number of predicted frames is data.output_steps for the nowcast task and
     sea_ice.pred_length for the sea-ice task; models that stack the input frames as channels
     (smaat_unet, spark_unet) get input_steps = data.input_steps (sea_ice.input_length).
@@ -828,11 +910,18 @@ def build_model(params, in_channels):
     name = params["model"]["name"]
     cfg = dict(params["model"].get(name, {}))
     sea_ice = params.get("task") == "sea_ice"
-    cfg["output_steps"] = params["sea_ice"]["pred_length"] if sea_ice else params["data"]["output_steps"]
+    output_steps = params["sea_ice"]["pred_length"] if sea_ice else params["data"]["output_steps"]
     if name in MODELS and "input_steps" in inspect.signature(MODELS[name].__init__).parameters:
         cfg["input_steps"] = params["sea_ice"]["input_length"] if sea_ice else params["data"]["input_steps"]
+    if cfg.get("lagrangian"):
+        if sea_ice or stats is None or target_channel(stats) is None:
+            raise UserError(f"model.{name}.lagrangian: needs a nowcasting target that is also an input channel "
+                            "(it advects the last radar frame)")
+        data = params["data"]
+        cfg.update(leads=[data["lead_steps"] + k for k in range(output_steps)],
+                   target={"channel": target_channel(stats), **{k: stats["target"][k] for k in ("min", "max", "transform")}})
     try:
-        return get_model(name, in_channels=in_channels, **cfg)
+        return get_model(name, in_channels=in_channels, output_steps=output_steps, **cfg)
     except ValueError as exc:
         raise UserError(f"model.{name} in params.json: {exc}") from None
 

@@ -56,6 +56,13 @@ def normalize(x, lo, hi, name):
     return normalize_inplace(x.astype(np.result_type(x.dtype, np.float32)), lo, hi, name)
 
 
+def normalize_tensor(x, lo, hi, name):
+    """Physical x (torch tensor, mm/h for rain) -> normalised, differentiable; as `normalize`."""
+    if name == "log1p":
+        x = x.clamp(min=0).log1p()
+    return (x - lo) / _scale(lo, hi)
+
+
 def denormalize(y, lo, hi, name):
     """Normalised y (numpy array or torch tensor) -> physical units; inverse of `normalize`."""
     return inverse_transform(y * _scale(lo, hi) + lo, name)
@@ -82,12 +89,17 @@ def target_input_frames(x, stats):
     x: normalised inputs (..., T, C, H, W), numpy or torch. Returns (..., T, H, W): what persistence
     and extrapolation forecast from.
     """
-    target = stats["target"]
-    pairs = list(zip(stats["sources"], stats["channels"]))
-    if (target["source"], target["channel"]) not in pairs:
+    c = target_channel(stats)
+    if c is None:
         return None
-    c = pairs.index((target["source"], target["channel"]))
     return denormalize(x[..., c, :, :], stats["min"][c], stats["max"][c], stats["transform"][c])
+
+
+def target_channel(stats):
+    """Index of the target among the input channels of stats.json, or None when it is no input."""
+    pairs = list(zip(stats["sources"], stats["channels"]))
+    key = (stats["target"]["source"], stats["target"]["channel"])
+    return pairs.index(key) if key in pairs else None
 
 
 # --------------------------------------------------------------------------- sample windows
@@ -187,3 +199,32 @@ def load_stats(processed_dir):
         raise UserError(f"{path}: not found (run preproc.py first)")
     with open(path, encoding="utf-8") as fh:
         return json.load(fh)
+
+
+def check_store(path, attrs, stats, source):
+    """UserError unless the Zarr store at `path` was normalised with `stats`.
+
+    attrs: the store's group attributes (preproc.py writes channels, transform and normalisation);
+    stats: the stats.json dict to compare with; source: where stats came from, for the message
+    ("stats.json", "checkpoint best.pt"). Catches a store left by another preproc.py run (another
+    split, channels or transform), whose values would be denormalised to wrong physical units.
+    """
+    if attrs.get("channels") != stats["channels"]:
+        raise UserError(f"{path}: channels {attrs.get('channels')} differ from {stats['channels']} of {source}; "
+                        "re-run preproc.py")
+    transforms = [attrs.get("transform", {}).get(c) for c in stats["channels"]]
+    if transforms != stats["transform"]:
+        raise UserError(f"{path}: transforms {transforms} differ from {stats['transform']} of {source}; "
+                        "re-run preproc.py")
+    norm = attrs.get("normalisation", {})
+    stored = [norm.get("target_min"), norm.get("target_max")]
+    wanted = [stats["target"]["min"], stats["target"]["max"]]
+    if stored != wanted or norm.get("min") != stats["min"] or norm.get("max") != stats["max"]:
+        raise UserError(f"{path}: normalised with target range [{_text(stored[0])}, {_text(stored[1])}], but "
+                        f"{source} has [{wanted[0]:.6g}, {wanted[1]:.6g}] (after the {stats['target']['transform']} "
+                        "transform): they come from different preproc.py runs; re-run preproc.py or use the "
+                        "matching stats/checkpoint")
+
+
+def _text(value):
+    return "?" if value is None else f"{value:.6g}"

@@ -748,8 +748,10 @@ def _score_curves(methods, score, thresholds):
     return curves
 
 
-def plot_verification(metrics, score, out_path, title="Verification"):
+def plot_verification(metrics, score, out_path, title="Verification", thresholds=None):
     """A score against lead time, one line per method, one panel per threshold (categorical scores, FSS).
+
+    thresholds: the thresholds (mm/h) to draw a panel for (default: every one in the metrics).
 
     metrics: dict of metrics.json (or its path): {"thresholds": [mm/h], "lead_minutes": [min],
     "methods": {method: {"csi": {"1.0": [per lead]}, ..., "mse": [per lead]}}}. FSS may
@@ -767,7 +769,10 @@ def plot_verification(metrics, score, out_path, title="Verification"):
     lead = np.asarray(metrics["lead_minutes"], dtype=float)
     long_name, _, unit = SCORES.get(score, (score, None, ""))
     per_threshold = isinstance(next(iter(methods.values()))[score], dict)
+    wanted = thresholds
     thresholds = [float(t) for t in metrics.get("thresholds") or []]
+    if wanted is not None:
+        thresholds = [t for t in thresholds if t in [float(w) for w in wanted]]
     if per_threshold and not thresholds:
         thresholds = sorted({float(k) for s in methods.values() for k in s[score]})
     curves = _score_curves(methods, score, thresholds)

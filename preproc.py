@@ -13,6 +13,9 @@ every source in `data.inputs` and the target source, and writes
         coverage (T, H, W)    bool     the target has data there after gap filling
         valid    (T,)         bool     every source has data at this step; samples use valid steps only
         time     (T,)         int64    minutes since 1970-01-01 00:00 UTC
+        motion   (T, 2, H, W) float32  (data.motion) the target's motion field at each step, pixels
+                                       per step, [0] along x, [1] along y (baselines.motion_field of
+                                       the last data.motion_frames frames; see write_motion)
         rain_max (T, ceil(H/8), ceil(W/8)) float32  target max per 8 x 8 block, physical units
                                        (mm/h), NaN ignored, 0 where no data: dataset.py uses it to
                                        find rainy crops without reading the target
@@ -74,7 +77,8 @@ from tqdm import tqdm
 from atomic import atomic_path
 from config import UserError, add_config_arg, add_override_flags, load_params, overrides_from, run_main
 from interpolation import fill_time_linear
-from normalization import channel_list, normalize_inplace, sample_starts, transform
+from baselines import motion_field
+from normalization import channel_list, denormalize_target, normalize_inplace, sample_starts, transform, window_steps
 
 SPLITS = ("train", "val", "test")
 EPOCH = dt.datetime(1970, 1, 1)
@@ -179,7 +183,8 @@ def scan_case(raw_dir, case_id, params):
                             f"{axis_start:%Y%m%d%H%M} (the case's first file; see data.time_step_minutes)")
         steps = (minutes - start) // step
         placed = place_source(steps, n_steps, data["max_gap_steps"])
-        placed.update(channels=channels, paths=[p for _, p in entries])
+        placed.update(channels=channels, paths=[p for _, p in entries],
+                      nonnegative=[data["transform"].get(c, "none") == "log1p" for c in channels])
         plan["sources"][source] = placed
         valid_all &= placed["valid"]
     plan["valid"] = valid_all
@@ -215,17 +220,36 @@ def place_source(steps, n_steps, max_gap_steps):
             "steps_filled": int(filled)}
 
 
-def read_tile(source_plan, rows, cols, out):
+def drop_impossible(values, nonnegative, found=None):
+    """Set values that are no data to NaN in place: +-inf, and negatives of non-negative channels.
+
+    values: float (C, ...) physical; nonnegative: bool per channel (the log1p channels: rain rates
+    cannot be below 0 mm/h, a negative value is a no-data flag or an artefact). found: a dict
+    counting what was removed, {"negative": count, "lowest": most negative value}, updated.
+    """
+    values[~np.isfinite(values)] = np.nan
+    for channel, keep_sign in zip(values, nonnegative):
+        negative = channel < 0
+        if keep_sign and negative.any():
+            if found is not None:
+                found["negative"] = found.get("negative", 0) + int(negative.sum())
+                found["lowest"] = min(found.get("lowest", 0.0), float(channel[negative].min()))
+            channel[negative] = np.nan
+    return values
+
+
+def read_tile(source_plan, rows, cols, out, found=None):
     """Place one source's files on the axis for one tile, and gap-fill it, in place.
 
     rows, cols: slices of the grid. out: float32 (n_channels, T, rows, cols), NaN on entry;
-    on return it holds physical values, NaN where no data remains (+-inf count as no data).
+    on return it holds physical values, NaN where no data remains (+-inf and negative rain rates
+    count as no data, see `drop_impossible`; found counts them).
     """
     for step, path in zip(source_plan["steps"], source_plan["paths"]):
         frame = np.load(path, mmap_mode="r")
         out[:, step] = frame[..., rows, cols] if frame.ndim == 3 else frame[None, rows, cols]
         del frame
-    out[~np.isfinite(out)] = np.nan
+    drop_impossible(out, source_plan["nonnegative"], found)
     for channel in out:  # (T, rows, cols), C-contiguous
         fill_time_linear(channel, source_plan["max_gap"])
     return out
@@ -276,19 +300,20 @@ def compute_stats(plans, split, params, progress=True):
     Returns the stats.json dict.
     """
     sources = case_sources(params)
+    transforms = params["data"]["transform"]
     lo = {(s, c): np.inf for s, chans in sources.items() for c in chans}
     hi = {key: -np.inf for key in lo}
     files = [(source, path) for case in split["train"]
              for source, sp in plans[case]["sources"].items() for path in sp["paths"]]
     for source, path in tqdm(files, desc="stats (train)", unit="file", disable=not progress):
         frame = np.load(path).astype(np.float32, copy=False)
-        frame = frame[None] if frame.ndim == 2 else frame
+        frame = drop_impossible(frame[None] if frame.ndim == 2 else frame,
+                                [transforms.get(c, "none") == "log1p" for c in sources[source]])
         for channel, values in zip(sources[source], frame):
             finite = values[np.isfinite(values)]
             if finite.size:
                 lo[source, channel] = min(lo[source, channel], float(finite.min()))
                 hi[source, channel] = max(hi[source, channel], float(finite.max()))
-    transforms = params["data"]["transform"]
 
     def after_transform(source, channel):
         if not np.isfinite(lo[source, channel]):
@@ -350,8 +375,16 @@ def case_attributes(plan, split_name, stats, params):
     }
 
 
+class NoCoverage(Exception):
+    """The target has no data at any step of a case (no radar coverage): no store is written."""
+
+
 def write_case(plan, split_name, out_dir, stats, params):
-    """Fill, normalise and write one case to <out_dir>/<case>.zarr (via .zarr.tmp). Returns the path."""
+    """Fill, normalise and write one case to <out_dir>/<case>.zarr (via .zarr.tmp).
+
+    Returns (path, found) with found as `write_tiles` gives it. Raises NoCoverage (and writes
+    nothing) when the target has no data anywhere.
+    """
     n_steps, (n_y, n_x) = plan["n_steps"], plan["grid"]
     final = os.path.join(out_dir, f"{plan['case']}.zarr")
     with atomic_path(final) as tmp:
@@ -375,7 +408,10 @@ def write_case(plan, split_name, out_dir, stats, params):
                                    f"normalised inputs {', '.join(stats['channels'])}"),
                   "target": frames("target", None, "float32", f"normalised {channel}"),
                   "coverage": frames("coverage", None, "bool", "the target has data after gap filling")}
-        rain_max = write_tiles(arrays, plan, stats, params, tile_cols=chunk_x, tile_rows=chunk_y)
+        rain_max, found = write_tiles(arrays, plan, stats, params, tile_cols=chunk_x, tile_rows=chunk_y)
+        if not found["covered"]:
+            raise NoCoverage(f"case {plan['case']}: the target {params['data']['target']['source']}/{channel} "
+                             "has no data at any step (no radar coverage)")
         root.create_array("rain_max", data=rain_max, chunks=(1,) + rain_max.shape[1:],
                           dimension_names=("time", "y_block", "x_block"),
                           attributes={"long_name": f"max of {channel} per {RAIN_BLOCK}x{RAIN_BLOCK} block",
@@ -386,11 +422,31 @@ def write_case(plan, split_name, out_dir, stats, params):
                           np.arange(n_steps, dtype=np.int64), dimension_names=("time",),
                           attributes={"units": TIME_UNITS, "calendar": "proleptic_gregorian",
                                       "standard_name": "time"})
-    return final
+        root.attrs["negative_values_dropped"] = found.get("negative", 0)
+        if params["data"]["motion"]:
+            write_motion(root, frames("motion", 2, "float32", "motion of the target, pixels per step (x, y)"),
+                         stats, params["data"]["motion_frames"])
+    return final, found
+
+
+def write_motion(root, motion, stats, motion_frames):
+    """motion[t] = baselines.motion_field of the target frames t - motion_frames + 1 .. t (mm/h, NaN
+    outside coverage), full frames; (2, H, W) pixels per step, [0] along x, [1] along y; zeros where
+    fewer than two frames have data. The extrapolation baseline forecasting from t uses the same field.
+    """
+    target, coverage = root["target"], root["coverage"]
+    for t in tqdm(range(motion.shape[0]), desc=f"motion {root.attrs['case']}", unit="step", leave=False):
+        first = max(0, t - motion_frames + 1)
+        frames = denormalize_target(target[first:t + 1].astype(np.float64), stats)
+        frames[~coverage[first:t + 1]] = np.nan
+        motion[t] = motion_field(frames) if len(frames) >= 2 else 0.0
 
 
 def write_tiles(arrays, plan, stats, params, tile_rows, tile_cols):
-    """Fill, normalise and write inputs/target/coverage tile by tile; returns rain_max (T, by, bx) mm/h.
+    """Fill, normalise and write inputs/target/coverage tile by tile.
+
+    Returns (rain_max (T, by, bx) mm/h, found): found["covered"] counts target pixels with data,
+    found["negative"] / found["lowest"] the negative rain rates dropped as no data.
 
     A tile is one row of chunks and as many chunk columns as fit in TILE_BYTES (all steps and
     channels), so memory stays a few tiles whatever the grid.
@@ -404,19 +460,21 @@ def write_tiles(arrays, plan, stats, params, tile_rows, tile_cols):
         inputs_from[source] = slice(first, first + len(params["data"]["inputs"][source]))
         first = inputs_from[source].stop
     rain_max = np.zeros((n_steps, -(-n_y // RAIN_BLOCK), -(-n_x // RAIN_BLOCK)), dtype=np.float32)
+    found = {"covered": 0}
     tile_x = tile_cols * max(1, TILE_BYTES // (4 * (n_channels + 1) * n_steps * tile_rows * tile_cols))
     for y0, x0 in [(y, x) for y in range(0, n_y, tile_rows) for x in range(0, n_x, tile_x)]:
         rows, cols = slice(y0, min(y0 + tile_rows, n_y)), slice(x0, min(x0 + tile_x, n_x))
         shape = (n_steps, rows.stop - rows.start, cols.stop - cols.start)  # T x rows x cols
         tile = np.full((n_channels,) + shape, np.nan, dtype=np.float32)
         for source, channels in inputs_from.items():
-            read_tile(plan["sources"][source], rows, cols, tile[channels])
+            read_tile(plan["sources"][source], rows, cols, tile[channels], found)
         if target_key in input_channels:
             target_physical = tile[input_channels.index(target_key)].copy()
         else:
             target_physical = read_tile(plan["sources"][target["source"]], rows, cols,
-                                        np.full((1,) + shape, np.nan, dtype=np.float32))[0]
+                                        np.full((1,) + shape, np.nan, dtype=np.float32), found)[0]
         covered = np.isfinite(target_physical)
+        found["covered"] += int(covered.sum())
         arrays["coverage"][:, rows, cols] = covered
         rain_max[:, y0 // RAIN_BLOCK:-(-rows.stop // RAIN_BLOCK), x0 // RAIN_BLOCK:-(-cols.stop // RAIN_BLOCK)] = \
             block_max(target_physical)
@@ -428,13 +486,13 @@ def write_tiles(arrays, plan, stats, params, tile_rows, tile_cols):
                           stats["target"]["transform"])
         target_physical[~covered] = 0.0
         arrays["target"][:, rows, cols] = target_physical
-    return rain_max
+    return rain_max, found
 
 
 # --------------------------------------------------------------------------- the run
-def preprocess(params, skip_bad_cases=False, progress=True):
-    """Run the seven steps; returns a summary dict (see the keys at the end)."""
-    raw_dir, out_dir = params["paths"]["raw_dataset"], params["paths"]["processed_data"]
+def discover(params, skip_bad_cases):
+    """Steps 1-2 for every case folder: ({case: plan}, {skipped case: reason})."""
+    raw_dir = params["paths"]["raw_dataset"]
     if not os.path.isdir(raw_dir):
         raise UserError(f"{raw_dir}: raw dataset folder not found (paths.raw_dataset)")
     case_ids = sorted(n for n in os.listdir(raw_dir)
@@ -450,34 +508,72 @@ def preprocess(params, skip_bad_cases=False, progress=True):
                 raise UserError(f"{exc} (--skip_bad_cases skips such cases)") from None
             skipped[case] = str(exc)
             print(f"skipped: {exc}")
-    split = split_cases(list(plans), params["data"]["split"], skipped)
-    if not split["train"]:
-        raise UserError(f"{raw_dir}: no training case ({len(plans)} usable cases; see data.split)")
-    stats = compute_stats(plans, split, params, progress)
+    return plans, skipped
 
-    data = params["data"]
-    jobs = [(name, case) for name in SPLITS for case in split[name]]
-    samples = dict.fromkeys(SPLITS, 0)
+
+def count_windows(plans, split, data):
+    """{split: usable sample windows}; a warning line for every split that has cases but no window
+    (the stores are still written: pretraining reads every valid frame, and data.lead_steps can change)."""
+    samples = {name: sum(len(sample_starts(plans[c]["valid"], data)) for c in split[name]) for name in SPLITS}
     for name in SPLITS:
-        os.makedirs(os.path.join(out_dir, name), exist_ok=True)
-    for name, case in tqdm(jobs, desc="write", unit="case", disable=not progress):
-        write_case(plans[case], name, os.path.join(out_dir, name), stats, params)
-        samples[name] += len(sample_starts(plans[case]["valid"], data))
+        if split[name] and not samples[name]:
+            longest = max(plans[c]["n_steps"] for c in split[name])
+            print(f"warning: no usable {name} window: a sample spans {window_steps(0, data)[1].stop} steps "
+                  f"(data.input_steps {data['input_steps']} + data.lead_steps {data['lead_steps']} + "
+                  f"data.output_steps {data['output_steps']} - 1) with valid inputs and targets; the longest "
+                  f"{name} case has {longest} steps")
+    return samples
+
+
+def remove_stale(out_dir, split):
+    """Remove stores (and .tmp leftovers) of cases no longer in their split; returns how many."""
     removed = 0
-    for name in SPLITS:  # stores left by earlier runs whose case is no longer in this split
+    for name in SPLITS:
         folder = os.path.join(out_dir, name)
         for entry in sorted(os.listdir(folder)):
             stem = entry[:-5] if entry.endswith(".zarr") else entry[:-9] if entry.endswith(".zarr.tmp") else None
             if stem is not None and (stem not in split[name] or entry.endswith(".tmp")):
                 shutil.rmtree(os.path.join(folder, entry))
                 removed += 1
+    return removed
+
+
+def preprocess(params, skip_bad_cases=False, progress=True):
+    """Run the seven steps; returns a summary dict (see the keys at the end)."""
+    out_dir, data = params["paths"]["processed_data"], params["data"]
+    plans, skipped = discover(params, skip_bad_cases)
+    split = split_cases(list(plans), data["split"], skipped)
+    if not split["train"]:
+        raise UserError(f"{params['paths']['raw_dataset']}: no training case ({len(plans)} usable cases; "
+                        "see data.split)")
+    samples = count_windows(plans, split, data)
+    stats = compute_stats(plans, split, params, progress)
+    for name in SPLITS:
+        os.makedirs(os.path.join(out_dir, name), exist_ok=True)
+    jobs = [(name, case) for name in SPLITS for case in split[name]]
+    for name, case in tqdm(jobs, desc="write", unit="case", disable=not progress):
+        try:
+            _, found = write_case(plans[case], name, os.path.join(out_dir, name), stats, params)
+        except NoCoverage as exc:
+            tqdm.write(f"skipped: {exc}")
+            skipped[case] = str(exc)
+            split[name].remove(case)
+            samples[name] -= len(sample_starts(plans[case]["valid"], data))
+            continue
+        if found.get("negative"):
+            tqdm.write(f"warning: case {case}: {found['negative']} negative rain-rate values (lowest "
+                       f"{found['lowest']:g}) treated as no data")
+    if not split["train"]:
+        raise UserError("no training case has target data (every one has no radar coverage)")
+    removed = remove_stale(out_dir, split)
+    stats["split"] = split
     stats_path = os.path.join(out_dir, "stats.json")
     with atomic_path(stats_path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         json.dump(stats, fh, indent=2)
     assigned = {c for name in SPLITS for c in split[name]}
     return {
         "split": split, "stats": stats_path, "skipped": skipped, "removed_stale": removed,
-        "unassigned": sorted(set(plans) - assigned), "samples": samples,
+        "unassigned": sorted(set(plans) - assigned - set(skipped)), "samples": samples,
         "steps_filled": sum(sp["steps_filled"] for c in assigned for sp in plans[c]["sources"].values()),
         "steps_invalid": sum(int((~plans[c]["valid"]).sum()) for c in assigned),
         "steps": sum(plans[c]["n_steps"] for c in assigned),

@@ -38,6 +38,7 @@ import json
 import math
 import os
 import random
+import resource
 import sys
 import time
 
@@ -51,6 +52,7 @@ import metrics
 from atomic import atomic_path
 from config import UserError
 from dataset import load_datasets, make_datasets, pad_collate
+from lagrangian import trajectories
 from model import build_model, count_parameters
 from normalization import denormalize_target, load_stats, target_input_frames
 from utils import ConsolidatedSICDataset, open_consolidated
@@ -88,18 +90,22 @@ def masked_loss(pred, target, mask, name, weights=None):
 
 
 def task_loss(pred, y, mask, task, loss_cfg):
-    """training.loss on one batch: weighted_mse weights come from the true target in physical units
-    (mm/h); the sea-ice task (no rain-rate stats) uses plain mse for weighted_mse."""
-    weights = None
-    if loss_cfg["name"] == "weighted_mse" and task.stats is not None:
+    """training.loss on one batch: the weights of weighted_mse and weighted_mse_mae come from the true
+    target in physical units (mm/h); the sea-ice task (no rain-rate stats) uses no weights.
+    weighted_mse_mae = weighted MSE + weighted MAE (B-MSE + B-MAE, Shi et al. 2017, NeurIPS, eq. 5)."""
+    name, weights = loss_cfg["name"], None
+    if name.startswith("weighted") and task.stats is not None:
         weights = intensity_weights(task.to_physical(y), loss_cfg["thresholds"], loss_cfg["weights"])
-    return masked_loss(pred, y, mask, "mae" if loss_cfg["name"] == "mae" else "mse", weights)
+    if name.endswith("mse_mae"):
+        return masked_loss(pred, y, mask, "mse", weights) + masked_loss(pred, y, mask, "mae", weights)
+    return masked_loss(pred, y, mask, "mae" if name == "mae" else "mse", weights)
 
 
 # --------------------------------------------------------------------------- tasks
 # A task tells the loop what a batch is and how it is scored. It has:
 #   datasets {"train", "val", "test": Dataset}, collate (or None), in_channels, stats (saved in
-#   checkpoints; None for sea ice), unpack(batch, device) -> (x, y, mask), loss(pred, y, mask),
+#   checkpoints; None for sea ice), unpack(batch, device) -> (x, y, mask) where x is the model's
+#   input (a tensor, or a tuple of the model's arguments), loss(pred, y, mask),
 #   to_physical(y), set_epoch(epoch); for the final test also persistence(x), lead_minutes,
 #   thresholds, pixel_area_km2. Optional: train_step(model, batch, optimizer, device, amp) -> (loss,
 #   samples) replaces `supervised_step` (a GAN), extra_state() / load_extra_state(state) carry
@@ -119,11 +125,24 @@ class NowcastTask:
         self.thresholds = params["evaluation"]["thresholds"]
         self.loss_cfg = params["training"]["loss"]
         self.pixel_area_km2 = None
+        self.leads = [params["data"]["lead_steps"] + k for k in range(params["data"]["output_steps"])]
+        self.lagrangian = bool(params["model"].get(params["model"]["name"], {}).get("lagrangian"))
+        if self.lagrangian and not all(d.has_motion for d in self.datasets.values()):
+            raise UserError(f"model.{params['model']['name']}.lagrangian needs the motion field in the stores of "
+                            f"{processed}: re-run preproc.py with data.motion true")
 
     def unpack(self, batch, device):
-        """x (B, T_in, C, H, W), y (B, T_out, 1, H, W), mask bool like y."""
-        return (batch["x"].to(device, non_blocking=True), batch["y"].to(device, non_blocking=True),
-                batch["coverage"].to(device, non_blocking=True))
+        """x (B, T_in, C, H, W) (Lagrangian models: the tuple (x, motion (B, 2, H, W))), y (B, T_out, 1, H, W),
+        mask bool like y: covered, and for Lagrangian models also reached by a trajectory from inside the frame."""
+        x, y = batch["x"].to(device, non_blocking=True), batch["y"].to(device, non_blocking=True)
+        mask = batch["coverage"].to(device, non_blocking=True)
+        if not self.lagrangian:
+            return x, y, mask
+        motion = batch["motion"].to(device, non_blocking=True)
+        with torch.no_grad():
+            steps = trajectories(motion, max(self.leads))
+            inside = torch.stack([steps[lead - 1].inside for lead in self.leads], dim=1)  # (B, T_out, 1, H, W)
+        return (x, motion), y, mask & inside
 
     def loss(self, pred, y, mask):
         return task_loss(pred, y, mask, self, self.loss_cfg)
@@ -133,11 +152,12 @@ class NowcastTask:
 
     def persistence(self, x):
         """Last input frame of the target channel in mm/h, repeated: (B, T_out, 1, H, W); None if not an input."""
+        x = x[0] if isinstance(x, tuple) else x
         last = target_input_frames(x[:, -1:], self.stats)  # (B, 1, H, W)
         return None if last is None else last[:, :, None].expand(-1, len(self.lead_minutes), -1, -1, -1)
 
     def set_epoch(self, epoch):
-        self.datasets["train"].set_epoch(epoch)
+        pass  # cycle() sets the training crops' epoch for every pass over the data
 
 
 class SeaIceTask:
@@ -301,6 +321,7 @@ class Progress:
         self.best = os.path.join(paths["checkpoints"], "best.pt")
         self.log = os.path.join(paths["outputs"], "train_log.csv")
         self.epoch, self.step, self.best_val, self.log_rows = 0, 0, math.inf, []
+        self.bad_epochs = 0  # epochs since the validation loss last improved
 
 
 def resume(progress, model, optimizer, scheduler, task, params, run):
@@ -316,6 +337,7 @@ def resume(progress, model, optimizer, scheduler, task, params, run):
     if hasattr(task, "load_extra_state"):
         task.load_extra_state(state.get("extra"))
     progress.epoch, progress.step, progress.best_val = state["epoch"], state["step"], state["best_val"]
+    progress.bad_epochs = state.get("bad_epochs", 0)
     if progress.epoch >= params["training"]["epochs"]:
         raise UserError(f"training.epochs {params['training']['epochs']}: {progress.last} already holds "
                         f"{progress.epoch} epochs; ask for more epochs (--epochs N) to continue")
@@ -332,10 +354,21 @@ RUN_KEYS = ("task", "model", "data.inputs", "data.target", "data.transform", "da
 def check_same_run(path, saved, params, keys=RUN_KEYS):
     """UserError when a checkpoint was made with other settings than `params` in any of `keys`."""
     for dotted in keys:
-        before, now = config.get_dotted(saved, dotted), config.get_dotted(params, dotted)
-        if before != now:
-            raise UserError(f"{path}: made with {dotted} = {json.dumps(before)}, but the config has "
+        key, before, now = first_difference(dotted, config.get_dotted(saved, dotted), config.get_dotted(params, dotted))
+        if key is not None:
+            raise UserError(f"{path}: made with {key} = {json.dumps(before)}, but the config has "
                             f"{json.dumps(now)}; use the same settings or start without --resume")
+
+
+def first_difference(dotted, a, b):
+    """(dotted key, a value, b value) of the first leaf where two nested dicts differ, or (None, a, b)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for name in sorted(set(a) | set(b), key=lambda k: (k != "name", k)):
+            found = first_difference(f"{dotted}.{name}", a.get(name), b.get(name))
+            if found[0] is not None:
+                return found
+        return None, a, b
+    return (dotted, a, b) if a != b else (None, a, b)
 
 
 # --------------------------------------------------------------------------- train / validate / test
@@ -343,20 +376,28 @@ def supervised_step(model, task, batch, optimizer, device, amp):
     """One optimiser step on task.loss; returns (loss, samples). Raises Diverged before updating."""
     x, y, mask = task.unpack(batch, device)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-        pred = model(x)
+        pred = forward(model, x)
     loss = task.loss(pred.float(), y, mask)
     if not torch.isfinite(loss):
         raise Diverged(f"loss is {loss.item()}")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return loss.item(), x.shape[0]
+    return loss.item(), y.shape[0]
+
+
+def forward(model, x):
+    """The model's forecast from unpacked inputs: x a tensor, or a tuple of arguments (x, motion)."""
+    return model(*x) if isinstance(x, tuple) else model(x)
 
 
 def cycle(loader, epoch):
-    """Batches of `loader` without end; pass p of epoch e shuffles with sampler epoch e * 100003 + p."""
+    """Batches of `loader` without end. Pass p of epoch e shuffles with sampler epoch e * 100003 + p
+    and sets the dataset's epoch to the same number, so a sample drawn again gets a new random crop."""
     for p in range(10 ** 9):
         loader.sampler.set_epoch(epoch * 100003 + p)
+        if hasattr(loader.dataset, "set_epoch"):
+            loader.dataset.set_epoch(epoch * 100003 + p)
         yield from loader
 
 
@@ -393,7 +434,7 @@ def validate(model, task, loader, params, run):
             break
         x, y, mask = task.unpack(batch, run.device)
         with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=amp):
-            pred = model(x).float()
+            pred = forward(model, x).float()
         sums += torch.stack([task.loss(pred, y, mask).double(), torch.ones((), dtype=torch.float64, device=run.device)])
     if run.world > 1:
         dist.all_reduce(sums)
@@ -408,11 +449,13 @@ def end_epoch(progress, model, optimizer, scheduler, task, params, run, epoch, t
     scheduler.step(val_loss)
     improved = val_loss < progress.best_val
     progress.epoch, progress.best_val = epoch + 1, min(progress.best_val, val_loss)
+    progress.bad_epochs = 0 if improved else progress.bad_epochs + 1
     if not run.main:
         return
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
              "epoch": epoch + 1, "step": progress.step, "rng": rng_states(), "params": params, "stats": task.stats,
-             "best_val": progress.best_val, "val_loss": val_loss, "in_channels": task.in_channels}
+             "best_val": progress.best_val, "val_loss": val_loss, "in_channels": task.in_channels,
+             "bad_epochs": progress.bad_epochs}
     if hasattr(task, "extra_state"):
         state["extra"] = task.extra_state()
     save_checkpoint(progress.last, state)
@@ -451,6 +494,7 @@ def fit(params, task, model, run, resume_run=False):
         print(f"{params['task']}: {type(model).__name__} ({count_parameters(model):,} parameters) on {run.device}"
               f"{f' x {run.world} ranks' if run.world > 1 else ''}; samples train/val/test "
               f"{', '.join(str(len(d)) for d in task.datasets.values())}")
+    cpu_start = cpu_seconds()
     for epoch in range(progress.epoch, training["epochs"]):
         seed_everything(training["seed"] * 1000003 + epoch)
         task.set_epoch(epoch)
@@ -459,8 +503,33 @@ def fit(params, task, model, run, resume_run=False):
         val_loss = validate(net, task, loaders["val"], params, run)
         end_epoch(progress, model, optimizer, scheduler, task, params, run, epoch, train_loss, val_loss, samples,
                   time.time() - started)
+        reason = stop_reason(progress, training, cpu_seconds() - cpu_start, run)
+        if reason:
+            if run.main:
+                print(f"stopped after epoch {epoch + 1}: {reason}")
+            break
     progress.test_loader = loaders["test"]
     return progress
+
+
+def cpu_seconds():
+    """CPU time of this process (every thread) and of its finished children (loader workers), s."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def stop_reason(progress, training, cpu_used, run):
+    """Why training stops before training.epochs (early stopping, CPU budget), or None; rank 0 decides."""
+    reason = None
+    if training["early_stop_patience"] and progress.bad_epochs >= training["early_stop_patience"]:
+        reason = f"no better validation loss for {progress.bad_epochs} epochs (training.early_stop_patience)"
+    elif training["cpu_minutes"] and cpu_used >= 60 * training["cpu_minutes"]:
+        reason = f"{cpu_used / 60:.1f} CPU minutes used (training.cpu_minutes {training['cpu_minutes']:g})"
+    if run.world > 1:
+        flag = torch.tensor([reason is not None], dtype=torch.int32, device=run.device)
+        dist.broadcast(flag, src=0)  # every rank takes rank 0's decision
+        reason = (reason or "rank 0 stopped") if flag.item() else None
+    return reason
 
 
 @torch.no_grad()
@@ -480,7 +549,7 @@ def test(model, task, loader, params, device):
     for batch in tqdm(loader, desc="test", unit="batch", leave=False):
         x, y, mask = task.unpack(batch, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            pred = model(x).float()
+            pred = forward(model, x).float()
         forecasts = {"model": task.to_physical(pred), "persistence": task.persistence(x)}  # physical units
         obs = task.to_physical(y)[:, :, 0].cpu().numpy()
         valid = mask[:, :, 0].cpu().numpy()
@@ -602,7 +671,7 @@ def main(argv=None):
     task = make_task(params)
     # 3. the model (the loss is task.loss; AdamW and ReduceLROnPlateau are made by fit)
     seed_everything(params["training"]["seed"])
-    model = build_model(params, task.in_channels).to(run.device)
+    model = build_model(params, task.in_channels, task.stats).to(run.device)
     start_from_pretrained(model, params, run, load_weights=not args.resume)
     # 4. the epochs: train, validate, adjust the learning rate, keep the best checkpoint
     try:

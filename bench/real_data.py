@@ -1,18 +1,23 @@
-"""Real-data check: train the default model on two real radar events, test on the third.
+"""Real-data check: train on three real radar events, score on the held-out fourth against
+persistence and optical-flow extrapolation.
 
-    python bench/real_data.py [--minutes 10] [--out outputs/real] [--test fmi-20160928]
+    python bench/real_data.py [--cpu_minutes 20] [--name default] [--split test]
+                              [--set model.convlstm_unet.lagrangian=false ...]
 
-Events from ../shared/data/radar (pysteps example data: KNMI, BoM, FMI; CC BY 4.0 where
-stated there). The two training events are each cut in time: the first 75 % of the frames
-train, the last 25 % validate (model selection never sees the test event). The held-out
-event is scored in full by evaluate.py against persistence and optical-flow extrapolation.
+Events from ../shared/data/radar (pysteps example data: KNMI 2010-08-26, BoM 2020-10-31,
+FMI 2017-05-09 and FMI 2016-09-28; CC BY 4.0 where stated there). The three training events are
+each cut in time: the first part trains, the last quarter (at least 18 frames, one forecast
+window) validates; the held-out event fmi-20160928 is never used for training, validation or
+choosing settings: choose settings with `--split val`, then score the choice once on `--split test`.
 Forecast: 6 inputs (30 min) -> 12 frames, leads 5 .. 60 min (lead_steps 1, output_steps 12),
-radar rain rate only. The BoM event (10-minute scans) is placed on the 5-minute axis and
-interpolated in time between its scans (preproc.py's rule for a coarser source).
+radar rain rate only; the model and training settings are those of params.json, changed by --set.
+The BoM event (10-minute scans) is placed on the 5-minute axis and interpolated in time.
 
-Training runs for a fixed wall-clock budget (--minutes, CPU); the table printed at the end
-is the seed-004-style table (CSI/POD/FAR/HSS at 1 mm/h averaged over leads) plus CSI and
-MSE per lead; record it in bench/RESULTS.md.
+Preprocessing (with the motion field of every step) is done once into <out>/processed and reused;
+each run writes <out>/<name>/ (checkpoints, train_log.csv, eval/<split>/, per-lead plots, forecast
+panels). Training stops at --cpu_minutes of CPU time (training.cpu_minutes) or by early stopping.
+The tables printed at the end (seed 004's table at 1 mm/h, and CSI at 1 and 5 mm/h, MSE and FAR per
+lead) go to bench/RESULTS.md.
 """
 import argparse
 import json
@@ -28,10 +33,12 @@ sys.path.insert(0, ROOT)
 import config  # noqa: E402
 
 RADAR = os.path.join(os.path.dirname(ROOT), "shared", "data", "radar")
+TEST_EVENT = "fmi-20160928"
+WINDOW = 18  # 6 input + 12 target frames
 
 
-def write_cases(out, test_event, train_fraction=0.75):
-    """Raw cases: <event>-train / <event>-val for the training events, the test event whole."""
+def write_cases(out):
+    """Raw cases <event>-train / <event>-val for the training events, the test event whole; the split."""
     split = {"train": [], "val": [], "test": []}
     for name in sorted(os.listdir(RADAR)):
         if not name.endswith(".npz"):
@@ -39,9 +46,10 @@ def write_cases(out, test_event, train_fraction=0.75):
         event = name[:-4]
         with np.load(os.path.join(RADAR, name)) as z:
             rain, times = z["rain_rate"], z["time"]
-        parts = [(event, slice(None), "test")] if event == test_event else \
-            [(f"{event}-train", slice(0, int(len(times) * train_fraction)), "train"),
-             (f"{event}-val", slice(int(len(times) * train_fraction), None), "val")]
+        n_val = max(len(times) // 4, WINDOW)
+        parts = [(event, slice(None), "test")] if event == TEST_EVENT else \
+            [(f"{event}-train", slice(0, len(times) - n_val), "train"),
+             (f"{event}-val", slice(len(times) - n_val, None), "val")]
         for case, part, which in parts:
             folder = os.path.join(out, case, "radar")
             os.makedirs(folder, exist_ok=True)
@@ -50,9 +58,36 @@ def write_cases(out, test_event, train_fraction=0.75):
                 if not os.path.exists(path):
                     np.save(path, frame.astype(np.float32))
             split[which].append(case)
-    if not split["test"]:
-        raise SystemExit(f"--test {test_event}: no such event in {RADAR}")
     return split
+
+
+def parse_set(items):
+    """--set KEY=VALUE (VALUE as JSON, else a string) -> {dotted key: value}."""
+    out = {}
+    for item in items:
+        key, _, text = item.partition("=")
+        try:
+            out[key] = json.loads(text)
+        except json.JSONDecodeError:
+            out[key] = text
+    return out
+
+
+def write_params(out, run_dir, split, args):
+    params = config.load_params(os.path.join(ROOT, "params.json"))
+    params["paths"].update(raw_dataset=f"{out}/raw", processed_data=f"{out}/processed",
+                           checkpoints=f"{run_dir}/checkpoints", outputs=run_dir)
+    params["data"].update(inputs={"radar": ["rain_rate"]}, target={"source": "radar", "channel": "rain_rate"},
+                          split={**split, "seed": 0}, input_steps=6, lead_steps=1, output_steps=12, patch_size=128)
+    params["training"].update(epochs=1000, steps_per_epoch=args.steps_per_epoch, val_steps=20, batch_size=4,
+                              num_workers=1, cpu_minutes=args.cpu_minutes)
+    for key, value in parse_set(args.set).items():
+        config.set_dotted(params, key, value)
+    cfg = os.path.join(run_dir, "params.json")
+    os.makedirs(run_dir, exist_ok=True)
+    with open(cfg, "w") as fh:
+        json.dump(config.validate(params), fh, indent=1)
+    return cfg
 
 
 def run(cmd):
@@ -60,50 +95,56 @@ def run(cmd):
     subprocess.run(cmd, cwd=ROOT, check=True)
 
 
+def print_tables(report):
+    leads = report["lead_minutes"]
+    print(f"\n{report['split']} split, {report['n_windows']} windows; per lead (min): "
+          + " ".join(f"{m:>6}" for m in leads) + "    mean")
+    for title, score, key in (("CSI at 1 mm/h", "csi", "1.0"), ("CSI at 5 mm/h", "csi", "5.0"),
+                              ("FAR at 1 mm/h", "far", "1.0"), ("MSE (mm/h)^2", "mse", None)):
+        print(title)
+        for method, scores in report["methods"].items():
+            values = np.array([np.nan if v is None else v for v in (scores[score][key] if key else scores[score])])
+            print(f"  {method:<14}" + " ".join(f"{v:6.3f}" for v in values) + f"  {np.nanmean(values):6.3f}")
+
+
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--minutes", type=float, default=10.0, help="training budget, minutes (default: 10)")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cpu_minutes", type=float, default=20.0,
+                        help="training budget, CPU minutes of all threads (default: 20, about 10 wall minutes "
+                             "on 2 quiet cores)")
     parser.add_argument("--out", default="outputs/real", help="output folder (default: outputs/real)")
-    parser.add_argument("--test", default="fmi-20160928", help="held-out event (default: fmi-20160928)")
+    parser.add_argument("--name", default="default", help="run name, a sub-folder of --out (default: default)")
+    parser.add_argument("--split", default="test", choices=("val", "test"),
+                        help="split scored at the end: val to choose settings, test once (default: test)")
     parser.add_argument("--steps_per_epoch", type=int, default=25, help="training steps per epoch (default: 25)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="params.json keys to change for this run, e.g. training.loss.name=mse")
+    parser.add_argument("--skip_training", action="store_true", help="score the run's existing best.pt")
     args = parser.parse_args()
     if not os.path.isdir(RADAR):
         print(f"skipped: {RADAR} not found (the real events ship with the project's shared data only)")
         return
     out = os.path.join(ROOT, args.out)
-    split = write_cases(os.path.join(out, "raw"), args.test)
-    params = config.load_params(os.path.join(ROOT, "params.json"))
-    params["paths"].update(raw_dataset=f"{out}/raw", processed_data=f"{out}/processed",
-                           checkpoints=f"{out}/checkpoints", outputs=out)
-    params["data"].update(inputs={"radar": ["rain_rate"]}, target={"source": "radar", "channel": "rain_rate"},
-                          split={**split, "seed": 0}, input_steps=6, lead_steps=1, output_steps=12,
-                          patch_size=128)
-    params["training"].update(steps_per_epoch=args.steps_per_epoch, val_steps=10, batch_size=4, num_workers=1)
-    cfg = os.path.join(out, "params.json")
-    with open(cfg, "w") as fh:
-        json.dump(config.validate(params), fh, indent=1)
+    run_dir = os.path.join(out, args.name)
+    split = write_cases(os.path.join(out, "raw"))
+    cfg = write_params(out, run_dir, split, args)
     py = sys.executable
-    run([py, "preproc.py", "--config", cfg])
-    # a fixed wall-clock budget: measure one epoch, then run as many as fit
-    start = time.time()
-    run([py, "training.py", "--config", cfg, "--epochs", "1", "--skip_test"])
-    per_epoch = time.time() - start
-    epochs = max(1, int(args.minutes * 60 / per_epoch))
-    if epochs > 1:
-        run([py, "training.py", "--config", cfg, "--epochs", str(epochs), "--resume", "--skip_test"])
-    trained = time.time() - start
-    run([py, "evaluate.py", "--config", cfg, "--checkpoint", f"{out}/checkpoints/best.pt"])
-    with open(os.path.join(out, "eval", "test", "metrics.json")) as fh:
+    if not os.path.isfile(os.path.join(out, "processed", "stats.json")):
+        run([py, "preproc.py", "--config", cfg])
+    started = time.time()
+    if not args.skip_training:
+        run([py, "training.py", "--config", cfg, "--skip_test"])
+    trained = time.time() - started
+    run([py, "evaluate.py", "--config", cfg, "--checkpoint", f"{run_dir}/checkpoints/best.pt", "--split", args.split])
+    with open(os.path.join(run_dir, "eval", args.split, "metrics.json")) as fh:
         report = json.load(fh)
-    print(f"\nreal-data check: trained {epochs} epochs x {args.steps_per_epoch} steps in {trained / 60:.1f} min; "
-          f"test event {args.test}, {report['n_windows']} windows")
-    leads = report["lead_minutes"]
-    print("CSI at 1 mm/h per lead (min): " + " ".join(f"{m:>6}" for m in leads))
-    for method, scores in report["methods"].items():
-        print(f"  {method:<24}" + " ".join(f"{v if v is not None else float('nan'):6.3f}" for v in scores["csi"]["1.0"]))
-    print("MSE (mm/h)^2 per lead:")
-    for method, scores in report["methods"].items():
-        print(f"  {method:<24}" + " ".join(f"{v:6.3f}" for v in scores["mse"]))
+    import plotting
+    plot = plotting.plot_verification(report, "csi", os.path.join(run_dir, f"csi_per_lead_{args.split}.png"),
+                                      title=f"{args.name}, {args.split} split", thresholds=(1.0, 5.0))
+    print(f"\nreal-data run {args.name}: training {trained / 60:.1f} wall min; {args.set or 'params.json settings'}")
+    print_tables(report)
+    print(f"plots: {plot}, {run_dir}/eval/{args.split}/")
 
 
 if __name__ == "__main__":

@@ -226,3 +226,14 @@ def test_atomic_path_renames_on_success_and_leaves_nothing_on_failure(tmp_path):
         os.makedirs(tmp)
         open(os.path.join(tmp, "new"), "w").close()
     assert sorted(os.listdir(store)) == ["new"]
+
+
+def test_radar_example_config_is_valid_and_names_the_real_events():
+    from conftest import RADAR_DIR
+    params = config.load_params(os.path.join(ROOT, "params_radar.json"))
+    assert params["data"]["inputs"] == {"radar": ["rain_rate"]}  # the real events have no NWP source
+    split = params["data"]["split"]
+    assert split["test"] == ["fmi-20160928"]  # the held-out event of every real-data result
+    if os.path.isdir(RADAR_DIR):
+        events = sorted(n[:-4] for n in os.listdir(RADAR_DIR) if n.endswith(".npz"))
+        assert sorted(split["train"] + split["val"] + split["test"]) == events

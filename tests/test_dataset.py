@@ -82,7 +82,7 @@ def ramp_store(params, tmp_path):
     """One 40 x 36 case of 12 steps whose values encode (t, y, x)."""
     cases = {"a": (12, set(), ramp((40, 36)))}
     return build(params, tmp_path, cases, {"train": ["a"], "val": [], "test": []},
-                 input_steps=3, lead_steps=2, output_steps=1, patch_size=16, transform={})
+                 input_steps=3, lead_steps=2, output_steps=1, patch_size=16, transform={}, augment=False)
 
 
 def decode(x, stats):
@@ -146,7 +146,7 @@ def test_eval_crop_is_centre_or_full_frame(ramp_store):
 def test_small_grid_is_padded_without_coverage(params, tmp_path):
     cases = {"s": (8, set(), ramp((10, 20)))}
     p, out = build(params, tmp_path, cases, {"train": ["s"], "val": [], "test": []},
-                   input_steps=2, lead_steps=1, output_steps=1, patch_size=16)
+                   input_steps=2, lead_steps=1, output_steps=1, patch_size=16, augment=False)
     ds = dataset.ZarrPatchDataset(str(out / "train"), p)
     sample = ds[0]
     y0, x0, size_y, size_x = ds.crop(0)
@@ -154,6 +154,43 @@ def test_small_grid_is_padded_without_coverage(params, tmp_path):
     assert sample["x"].shape == (2, 1, 16, 16)
     assert sample["coverage"][..., :10, :].all() and not sample["coverage"][..., 10:, :].any()
     assert (sample["x"][..., 10:, :] == 0).all() and (sample["y"][..., 10:, :] == 0).all()
+
+
+def test_augmentation_turns_frames_and_motion_together(ramp_store):
+    from lagrangian import rotate_flip
+    p, out = ramp_store
+    plain = dataset.ZarrPatchDataset(str(out / "train"), p)
+    p = json.loads(json.dumps(p))
+    p["data"]["augment"] = True
+    turned = dataset.ZarrPatchDataset(str(out / "train"), p)
+    seen = set()
+    for index in range(len(plain)):
+        a, b = plain[index], turned[index]
+        assert plain.crop(index) == turned.crop(index)  # augmentation draws apart from the crop
+        rng = np.random.default_rng([p["training"]["seed"], 0, index, 1])
+        turns, flip = int(rng.integers(0, 4)), bool(rng.integers(0, 2))
+        seen.add((turns, flip))
+        for key in ("x", "y", "coverage"):
+            np.testing.assert_array_equal(b[key].numpy(), rotate_flip(a[key].numpy(), None, turns, flip)[0])
+        np.testing.assert_array_equal(b["motion"].numpy(), rotate_flip(a["y"][0].numpy(), a["motion"].numpy(),
+                                                                       turns, flip)[1])
+    assert len(seen) >= 4
+
+
+def test_a_sample_drawn_again_in_an_epoch_gets_a_new_crop(ramp_store):
+    import training
+    p, out = ramp_store
+    p["training"].update(batch_size=4, num_workers=0)
+    loader = dataset.load_datasets(p, datasets={"train": dataset.ZarrPatchDataset(str(out / "train"), p),
+                                                "val": dataset.ZarrPatchDataset(str(out / "train"), p)})["train"]
+    batches = training.cycle(loader, epoch=0)
+    n_batches = -(-len(loader.dataset) // 4)
+    passes = [[next(batches) for _ in range(n_batches)] for _ in range(2)]  # the data twice in one epoch
+    crops = [{(int(t), tuple(x[0, 0, :2, :2].flatten().tolist())) for b in batches_ for t, x in
+              zip(b["time"][:, 0], b["x"])} for batches_ in passes]
+    times = [{t for t, _ in c} for c in crops]
+    assert times[0] == times[1]  # every sample again ...
+    assert len(crops[0] & crops[1]) < len(crops[0]) // 2  # ... mostly in another crop
 
 
 # --------------------------------------------------------------------------- rainy patches
@@ -258,3 +295,18 @@ def test_errors(params, tmp_path, ramp_store):
     long_lead["data"]["lead_steps"] = 30
     with pytest.raises(config.UserError, match="no valid window"):
         dataset.ZarrPatchDataset(str(out / "train"), long_lead)
+
+
+def test_command_line_reports_splits_and_a_batch(processed, tmp_path, capsys):
+    from conftest import write_tiny_params
+    cfg = write_tiny_params(tmp_path, processed)
+    assert dataset.main(["--config", cfg, "--batch_size", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    splits = {name: count_stores(processed, name) for name in ("train", "val", "test")}
+    for line, (name, n_stores) in zip(lines, splits.items()):
+        assert line.startswith(f"{name:<5}") and f"from {n_stores} stores" in line
+    assert lines[-1].startswith("a training batch: x (2, 3, 4, 16, 16) (B, T_in, C, H, W)")
+
+
+def count_stores(processed, split):
+    return len([n for n in os.listdir(os.path.join(processed, split)) if n.endswith(".zarr")])

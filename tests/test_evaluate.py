@@ -3,11 +3,13 @@ import csv
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import torch
 import xarray as xr
 import zarr
 
@@ -111,14 +113,16 @@ def test_predict_writes_a_forecast_file(trained, raw_cases, tmp_path):
         # the last step at which every input source has data: the last NWP file (hourly) or radar file
         last = min(max(os.listdir(os.path.join(raw_cases["dir"], case, source))) for source in ("radar", "nwp"))
         assert ds.attrs["forecast_reference_time"] == f"{last[:4]}-{last[4:6]}-{last[6:8]}T{last[8:10]}:{last[10:12]}Z"
-        assert np.isfinite(ds.rain_rate.values).all() and (ds.rain_rate.values >= 0).all()
+        covered = ds.coverage.values.astype(bool)
+        assert covered.any() and np.array_equal(np.isfinite(ds.rain_rate.values), np.broadcast_to(covered, ds.rain_rate.shape))
+        assert (ds.rain_rate.values[:, covered] >= 0).all()
     assert os.path.exists(tmp_path / "forecast.png")
     # the same forecast as a Zarr store
     store = tmp_path / "forecast.zarr"
     assert evaluate.main(["--config", trained["config"], "--checkpoint", trained["checkpoint"],
                           "--predict", os.path.join(raw_cases["dir"], case), "--output", str(store)]) == 0
     with xr.open_dataset(out) as nc, xr.open_zarr(store) as zr:
-        assert np.array_equal(nc.rain_rate.values, zr.rain_rate.values)
+        assert np.array_equal(nc.rain_rate.values, zr.rain_rate.values, equal_nan=True)
         assert np.array_equal(nc.time.values, zr.time.values)
 
 
@@ -138,3 +142,73 @@ def test_missing_checkpoint_is_one_line(trained):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "evaluate.py"), "--config", trained["config"],
                            "--checkpoint", "nope.pt"], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2 and proc.stderr.strip() == "error: nope.pt: checkpoint not found"
+
+
+def test_predict_writes_nan_outside_radar_coverage(trained, raw_cases, tmp_path):
+    """Radar NaN (outside the radar range) in a corner at every step: the forecast is NaN there, and says so."""
+    case = sorted(raw_cases["cases"])[1]
+    raw = tmp_path / "raw"
+    shutil.copytree(os.path.join(raw_cases["dir"], case), raw / case)
+    for name in os.listdir(raw / case / "radar"):
+        frame = np.load(raw / case / "radar" / name)
+        frame[..., :10, :7] = np.nan
+        np.save(raw / case / "radar" / name, frame)
+    original, cut = tmp_path / "original.nc", tmp_path / "cut.nc"
+    for folder, out in ((os.path.join(raw_cases["dir"], case), original), (raw / case, cut)):
+        assert evaluate.main(["--config", trained["config"], "--checkpoint", trained["checkpoint"],
+                              "--predict", str(folder), "--output", str(out)]) == 0
+    with xr.open_dataset(original) as before, xr.open_dataset(cut) as ds:
+        corner = np.zeros(ds.coverage.shape, bool)
+        corner[:10, :7] = True
+        expected = before.coverage.values.astype(bool) & ~corner  # the generated radar range, minus the corner
+        assert np.array_equal(ds.coverage.values.astype(bool), expected) and (~expected).sum() > corner.sum()
+        assert np.isnan(ds.rain_rate.values[:, ~expected]).all() and np.isfinite(ds.rain_rate.values[:, expected]).all()
+
+
+def test_stores_normalised_by_another_preproc_run_are_refused(trained, raw_cases, tmp_path, capsys):
+    """Re-running preproc.py with another split changes the statistics: the checkpoint no longer matches."""
+    import preproc
+    params = config.load_params(trained["config"])
+    params["paths"].update(raw_dataset=raw_cases["dir"], processed_data=str(tmp_path / "processed"))
+    params["data"]["split"]["seed"] = params["data"]["split"]["seed"] + 1
+    cfg = tmp_path / "params.json"
+    cfg.write_text(json.dumps(params))
+    assert preproc.main(["--config", str(cfg)]) == 0
+    capsys.readouterr()  # preproc's progress bars
+    old, new = load_stats(config.load_params(trained["config"])["paths"]["processed_data"]), \
+        load_stats(str(tmp_path / "processed"))
+    assert old["target"]["max"] != new["target"]["max"]  # the premise: other training cases, other range
+    with pytest.raises(SystemExit) as info:
+        config.run_main(evaluate.main, ["--config", str(cfg), "--checkpoint", trained["checkpoint"]])
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and "\n" not in err
+    assert err.startswith(f"error: {tmp_path / 'processed' / 'test'}/") and \
+        f"normalised with target range [{new['target']['min']:.6g}, {new['target']['max']:.6g}], but checkpoint " \
+        f"best.pt has [{old['target']['min']:.6g}, {old['target']['max']:.6g}]" in err
+    import dataset  # training reads the same stores with its own stats.json: refused the same way
+    (tmp_path / "processed" / "stats.json").write_text(json.dumps(old))
+    with pytest.raises(config.UserError, match="but stats.json has"):
+        dataset.make_datasets(params)
+
+
+@pytest.mark.parametrize("t0", ["abc", "202406010000", "2024060100"])
+def test_bad_t0_is_one_line(trained, raw_cases, t0, capsys):
+    case = os.path.join(raw_cases["dir"], sorted(raw_cases["cases"])[1])
+    with pytest.raises(SystemExit) as info:
+        config.run_main(evaluate.main, ["--config", trained["config"], "--checkpoint", trained["checkpoint"],
+                                        "--predict", case, "--t0", t0])
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and "\n" not in err and err.startswith(f"error: --t0 ")
+    if t0 == "abc" or len(t0) != 12:
+        assert err == f"error: --t0 {t0!r}: expected a time as YYYYmmddHHMM (12 digits, UTC)"
+    else:
+        assert "no valid input window ends then" in err
+
+
+def test_a_file_that_is_not_a_checkpoint_is_one_line(trained, tmp_path):
+    path = tmp_path / "weights.pt"
+    torch.save(torch.zeros(3), path)
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "evaluate.py"), "--config", trained["config"],
+                           "--checkpoint", str(path)], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2 and proc.stderr.strip() == \
+        f"error: {path}: not a training.py checkpoint (expected a dict with 'model', got Tensor)"

@@ -166,3 +166,17 @@ def test_frames_need_only_batch_plus_halo():
     np.testing.assert_array_equal(part_none, full_none[8:11])
     brute, _ = fill_gaussian_bruteforce(garbage, None, None, *args, frames=(8, 11))
     np.testing.assert_allclose(brute, part, rtol=0, atol=1e-3)
+
+
+def test_bilinear_sample_equals_scipy_map_coordinates():
+    from scipy import ndimage
+    from interpolation import bilinear_sample
+    rng = np.random.default_rng(4)
+    image = rng.gamma(0.5, 3.0, (23, 31))
+    y, x = np.mgrid[0:23, 0:31].astype(np.float64)
+    x, y = x + rng.uniform(-4, 4, x.shape), y + rng.uniform(-4, 4, y.shape)  # some outside: clamped
+    x[0, :3] = [30.0, 0.0, 31.7]  # exactly on the last column, the first, beyond
+    expected = ndimage.map_coordinates(image, [y, x], order=1, mode="nearest", prefilter=False)
+    np.testing.assert_allclose(bilinear_sample(image, x, y), expected, rtol=1e-13, atol=1e-13)
+    with pytest.raises(ValueError, match="needs image"):
+        bilinear_sample(image, x.ravel(), y.ravel())

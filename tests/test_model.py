@@ -1,6 +1,7 @@
 """model.py: the ConvLSTM cell against the formulas of Shi et al. (2015) written out gate by
 gate, the wiring of the stacks, output shapes for odd frame sizes, gradients, one training
 step, and the registry. Tiny tensors; float64 where values are compared."""
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -408,3 +409,69 @@ def test_registry_gives_frame_stacking_models_their_input_steps(params):
         assert net.eval()(torch.randn(1, 5, 2, 16, 16)).shape == (1, params["data"]["output_steps"], 1, 16, 16)
     with pytest.raises(config.UserError, match="input_steps must be given"):
         model.get_model("smaat_unet", in_channels=1, output_steps=1)
+
+
+# --------------------------------------------------------------------------- Lagrangian forecasts
+def lagrangian_case(seed=0, shape=(36, 44), n_inputs=4):
+    """Normalised input frames of two moving rain cells (log1p, max 3.2) and their stats-like target."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float64)
+    frames = np.stack([15 * np.exp(-((yy - 14 - 0.6 * t) ** 2 + (xx - 10 - 1.4 * t) ** 2) / 30) +
+                       4 * np.exp(-((yy - 25 + 0.3 * t) ** 2 + (xx - 22 - 1.1 * t) ** 2) / 18)
+                       + rng.uniform(0, 0.05, shape) for t in range(n_inputs)])
+    target = {"channel": 0, "min": 0.0, "max": 3.2, "transform": "log1p"}
+    return frames, target
+
+
+def test_lagrangian_model_with_no_change_is_optical_flow_extrapolation():
+    import baselines
+    from normalization import denormalize, normalize
+    frames, target = lagrangian_case()
+    leads = [1, 2, 3, 6]
+    net = model.get_model("convlstm_unet", in_channels=1, output_steps=4, base_channels=4, depth=2,
+                          lagrangian=True, leads=leads, target=target).double()
+    assert not net.network.head.weight.any() and not net.network.head.bias.any()  # "no change" at start
+    x = normalize(frames, 0.0, 3.2, "log1p")
+    physical = denormalize(x, 0.0, 3.2, "log1p")  # what persistence/extrapolation see
+    motion = baselines.motion_field(physical[-3:])
+    with torch.no_grad():
+        y = net(torch.from_numpy(x)[None, :, None], torch.from_numpy(motion)[None])
+    forecast = denormalize(y[0, :, 0].numpy(), 0.0, 3.2, "log1p")
+    expected = baselines.extrapolation(physical, leads, fill_value=0.0)
+    np.testing.assert_allclose(forecast, expected, rtol=1e-9, atol=1e-9)
+
+
+def test_lagrangian_inputs_are_moved_to_the_last_input_time():
+    """The network sees every input frame advected to t0: for frames that are one field moving
+    along the motion, all of them look like the last (away from the inflow edge)."""
+    frames, target = lagrangian_case(n_inputs=4)
+    motion = np.stack([np.full(frames.shape[1:], 1.4), np.full(frames.shape[1:], 0.6)])
+    seen = {}
+
+    class Spy(torch.nn.Module):
+        in_channels, output_steps = 1, 1
+
+        def forward(self, x):
+            seen["x"] = x
+            return torch.zeros(x.shape[0], 1, 1, *x.shape[-2:], dtype=x.dtype)
+    net = model.Lagrangian(Spy(), [1], target)
+    yy, xx = np.mgrid[0:36, 0:44]
+    moving = np.stack([np.exp(-((yy - 15 - 0.6 * t) ** 2 + (xx - 12 - 1.4 * t) ** 2) / 30) for t in range(4)])
+    net(torch.from_numpy(moving)[None, :, None], torch.from_numpy(motion)[None])
+    moved = seen["x"][0, :, 0].numpy()
+    interior = (slice(6, 30), slice(8, 40))
+    for t in range(3):
+        np.testing.assert_allclose(moved[t][interior], moving[-1][interior], atol=0.02)
+        assert np.abs(moving[t] - moving[-1])[interior].max() > 0.2  # they differ before the move
+
+
+def test_upsampling_options_and_icnr_starts_as_nearest_neighbour():
+    for upsample in ("transposed", "transposed_icnr", "bilinear"):
+        net = model.ConvLSTM_UNet(2, 3, base_channels=4, depth=3, upsample=upsample)
+        assert net(torch.randn(1, 2, 2, 20, 12)).shape == (1, 3, 1, 20, 12)
+    layer = model.UPSAMPLERS["transposed_icnr"](3, 2)
+    x = torch.randn(1, 3, 5, 4)
+    y = layer(x)
+    torch.testing.assert_close(y, torch.nn.functional.interpolate(y[:, :, ::2, ::2], scale_factor=2, mode="nearest"))
+    with pytest.raises(ValueError, match="upsample must be one of"):
+        model.ConvLSTM_UNet(2, 3, upsample="pixelshuffle")

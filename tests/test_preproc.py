@@ -415,6 +415,81 @@ def test_command_line_error_and_summary(params, params_file, tmp_path, capsys):
     assert info.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "nowhere" in err
 
 
+# --------------------------------------------------------------------------- motion
+def test_stored_motion_equals_motion_field_of_the_stored_frames(params, tmp_path):
+    import baselines
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    yy, xx = np.mgrid[0:48, 0:56].astype(np.float32)
+    for t in range(8):  # two blobs moving 1.5 px/step along x and -0.5 along y; a NaN corner (no radar)
+        frame = 12 * np.exp(-((yy - 30 + 0.5 * t) ** 2 + (xx - 12 - 1.5 * t) ** 2) / 40) + \
+            6 * np.exp(-((yy - 14 + 0.5 * t) ** 2 + (xx - 20 - 1.5 * t) ** 2) / 25)
+        frame[:6, :6] = np.nan
+        save(raw, "c1", "radar", t, frame)
+    p = configure(params, raw, out, split=one_case_split("c1"), inputs={"radar": ["rain_rate"]},
+                  input_steps=2, lead_steps=1)
+    preproc.preprocess(p, progress=False)
+    root, stats = open_store(out, "train", "c1"), normalization.load_stats(str(out))
+    motion = root["motion"][:]
+    assert motion.shape == (8, 2, 48, 56) and motion.dtype == np.float32
+    assert not motion[0].any()  # one frame: no motion
+    for t in (1, 5, 7):
+        frames = normalization.denormalize_target(root["target"][max(0, t - 2):t + 1].astype(np.float64), stats)
+        frames[~root["coverage"][max(0, t - 2):t + 1]] = np.nan
+        np.testing.assert_array_equal(motion[t], baselines.motion_field(frames).astype(np.float32))
+    rainy = root["target"][5] > 0.2
+    assert abs(np.median(motion[5, 0][rainy]) - 1.5) < 0.2 and abs(np.median(motion[5, 1][rainy]) + 0.5) < 0.2
+
+
+# --------------------------------------------------------------------------- data that must not look good
+def test_negative_rain_rates_are_no_data_and_said(params, tmp_path, capsys):
+    """A -9999 no-data flag and a -0.5 artefact: dropped as no data (coverage False), stats unchanged."""
+    raw, out, clean_out = tmp_path / "raw", tmp_path / "out", tmp_path / "clean"
+    write_aligned_case(raw, "c1", radar_missing=())
+    p = configure(params, raw, clean_out, split=one_case_split("c1"), max_gap_steps=0)
+    preproc.preprocess(p, progress=False)
+    clean_stats = json.loads((clean_out / "stats.json").read_text())
+    frame = rain(3)
+    frame[2, 2], frame[3, 4] = -9999.0, -0.5
+    save(raw, "c1", "radar", 3, frame)
+    preproc.preprocess(configure(params, raw, out, split=one_case_split("c1"), max_gap_steps=0), progress=False)
+    assert "warning: case c1: 2 negative rain-rate values (lowest -9999) treated as no data" in capsys.readouterr().out
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["min"] == clean_stats["min"] and stats["max"] == clean_stats["max"]
+    root = open_store(out, "train", "c1")
+    assert not root["coverage"][3, 2, 2] and not root["coverage"][3, 3, 4] and root["coverage"][3].sum() == 18
+    assert root.attrs["negative_values_dropped"] == 2
+    kept = rain(3)
+    kept[2, 2] = kept[3, 4] = np.nan
+    assert root["rain_max"][3].max() == pytest.approx(np.nanmax(kept))  # the dropped pixels count for nothing
+
+
+def test_case_without_radar_coverage_is_skipped_and_not_counted(params, tmp_path, capsys):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    write_aligned_case(raw, "c1")
+    write_aligned_case(raw, "c2")
+    for name in os.listdir(raw / "c2" / "radar"):  # c2: radar files there, but NaN everywhere
+        np.save(raw / "c2" / "radar" / name, np.full(GRID, np.nan, np.float32))
+    split = {"train": ["c1"], "val": ["c2"], "test": [], "seed": 0}
+    summary = preproc.preprocess(configure(params, raw, out, split=split, input_steps=2, lead_steps=1),
+                                 progress=False)
+    assert "skipped: case c2: the target radar/rain_rate has no data at any step (no radar coverage)" \
+        in capsys.readouterr().out
+    assert summary["split"]["val"] == [] and summary["samples"]["val"] == 0 and "c2" in summary["skipped"]
+    assert not (out / "val" / "c2.zarr").exists()
+    assert json.loads((out / "stats.json").read_text())["split"]["val"] == []
+
+
+def test_no_usable_window_is_said_in_one_line(params, params_file, tmp_path, capsys):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    write_aligned_case(raw, "c1")  # 30 steps; the last valid one is 24 (after it, no NWP)
+    cfg = params_file(configure(params, raw, out, split=one_case_split("c1"), input_steps=6, lead_steps=20))
+    assert preproc.main(["--config", cfg]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "warning: no usable train window: a sample spans 26 steps (data.input_steps 6 + data.lead_steps 20 + " \
+           "data.output_steps 1 - 1) with valid inputs and targets; the longest train case has 30 steps" in lines
+    assert "samples train 0," in lines[-1]
+
+
 # --------------------------------------------------------------------------- real radar events
 def first_frames(path, n_frames):
     """rain_rate[:n_frames] of an event .npz, decompressing only those frames; and their times."""
@@ -463,6 +538,7 @@ def test_real_events_subset(params, tmp_path):
     target = normalization.denormalize_target(root["target"][:].astype(np.float64), stats)
     coverage = root["coverage"][:]
     assert target.shape == (15,) + frames.shape[1:]
+    frames = np.where(frames < 0, np.nan, frames)  # BoM holds a few -0.6 mm/h: no data, not rain
     for i in range(len(frames) - 1):
         a, b = frames[i], frames[i + 1]
         both = np.isfinite(a) & np.isfinite(b)

@@ -97,19 +97,40 @@ def test_user_errors_are_one_line(processed, tmp_path):
     assert proc.stderr.strip() == f"error: {tmp_path / 'ckpt' / 'last.pt'}: checkpoint not found"
 
 
-def test_ddp_two_cpu_ranks(processed, tmp_path):
+def test_ddp_two_cpu_ranks_and_the_whole_test_split_scored_once(processed, tmp_path):
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
     if torchrun is None:
         pytest.skip("torchrun not installed")
-    cfg = write_tiny_params(tmp_path, processed, epochs=1)
+    (tmp_path / "ddp").mkdir(), (tmp_path / "one").mkdir()
+    cfg = write_tiny_params(tmp_path / "ddp", processed, epochs=1)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", os.path.join(ROOT, "training.py"),
-                           "--config", cfg, "--skip_test"], capture_output=True, text=True, cwd=ROOT, env=env,
-                          timeout=240)
+                           "--config", cfg], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "x 2 ranks" in proc.stdout
-    state = read_state(tmp_path / "ckpt" / "last.pt")
+    state = read_state(tmp_path / "ddp" / "ckpt" / "last.pt")
     assert state["epoch"] == 1 and state["step"] == 3
+    # persistence does not depend on the weights: its test scores must equal one process's, exactly
+    assert training.main(["--config", write_tiny_params(tmp_path / "one", processed, epochs=1)]) == 0
+    ddp, one = (json.loads((tmp_path / d / "out" / "test_metrics.json").read_text()) for d in ("ddp", "one"))
+    assert ddp["methods"]["persistence"] == one["methods"]["persistence"]
+
+
+def test_resume_with_other_settings_is_one_line(processed, tmp_path, capsys):
+    cfg = write_tiny_params(tmp_path, processed)
+    assert training.main(["--config", cfg, "--skip_test"]) == 0  # 2 epochs
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        config.run_main(training.main, ["--config", cfg, "--resume", "--epochs", "1"])
+    assert info.value.code == 2 and capsys.readouterr().err.strip() == \
+        f"error: training.epochs 1: {tmp_path / 'ckpt' / 'last.pt'} already holds 2 epochs; ask for more epochs " \
+        "(--epochs N) to continue"
+    with pytest.raises(SystemExit) as info:
+        config.run_main(training.main, ["--config", cfg, "--resume", "--epochs", "3", "--model", "encoder_forecaster"])
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and "\n" not in err
+    assert err == f"error: {tmp_path / 'ckpt' / 'last.pt'}: made with model.name = \"convlstm_unet\", but the " \
+        "config has \"encoder_forecaster\"; use the same settings or start without --resume"
 
 
 def write_consolidated(path, days, shape=(24, 20), seed=0):
@@ -153,3 +174,79 @@ def test_sea_ice_task_trains_and_tests(tmp_path):
     task = training.SeaIceTask(config.load_params(str(cfg)))
     x, y, mask = task.unpack(next(iter(torch.utils.data.DataLoader(task.datasets["train"], batch_size=1))), "cpu")
     assert not mask[0, 0, 0, :3].any() and mask[0, 0, 0, 3:].all()
+
+
+def test_lagrangian_model_trains_evaluates_and_masks_inflow(processed, tmp_path):
+    import evaluate
+    params = json.loads(open(write_tiny_params(tmp_path, processed, epochs=1)).read())
+    params["model"]["convlstm_unet"]["lagrangian"] = True
+    cfg = tmp_path / "params.json"
+    cfg.write_text(json.dumps(params))
+    assert training.main(["--config", str(cfg)]) == 0
+    state = read_state(tmp_path / "ckpt" / "best.pt")
+    assert any(k.startswith("network.") for k in state["model"])  # the wrapped U-Net
+    assert evaluate.main(["--config", str(cfg), "--checkpoint", str(tmp_path / "ckpt" / "best.pt"),
+                          "--methods", "model,extrapolation"]) == 0
+    # the loss ignores pixels whose trajectory starts outside the crop: a uniform flow of +3 px/step
+    # along x leaves 3 * lead columns at the left edge without a source
+    task = training.NowcastTask(config.load_params(str(cfg)))
+    batch = next(iter(torch.utils.data.DataLoader(task.datasets["val"], batch_size=2,
+                                                  collate_fn=task.collate)))
+    batch["motion"] = torch.zeros_like(batch["motion"])
+    batch["motion"][:, 0] = 3.0
+    (x, motion), y, mask = task.unpack(batch, "cpu")
+    for k, lead in enumerate(task.leads):
+        assert not mask[:, k, 0, :, :3 * lead].any()
+        assert torch.equal(mask[:, k, 0, :, 3 * lead:], batch["coverage"][:, k, 0, :, 3 * lead:])
+
+
+def test_lagrangian_model_needs_motion_in_the_stores(processed, tmp_path, capsys):
+    params = json.loads(open(write_tiny_params(tmp_path, processed, epochs=1)).read())
+    params["model"]["convlstm_unet"]["lagrangian"] = True
+    params["paths"]["processed_data"] = str(tmp_path / "copy")
+    shutil.copytree(processed, tmp_path / "copy")
+    for split in ("train", "val", "test"):
+        for store in os.listdir(tmp_path / "copy" / split):
+            shutil.rmtree(tmp_path / "copy" / split / store / "motion")
+    cfg = tmp_path / "params.json"
+    cfg.write_text(json.dumps(params))
+    with pytest.raises(SystemExit):
+        config.run_main(training.main, ["--config", str(cfg)])
+    assert capsys.readouterr().err.strip() == (
+        f"error: model.convlstm_unet.lagrangian needs the motion field in the stores of {tmp_path / 'copy'}: "
+        "re-run preproc.py with data.motion true")
+
+
+def test_early_stopping_and_cpu_budget(processed, tmp_path, monkeypatch, capsys):
+    cfg = write_tiny_params(tmp_path, processed, epochs=6, early_stop_patience=1)
+    losses = iter([0.5, 0.4, 0.45, 0.3])  # epoch 3 does not improve: stop there
+    monkeypatch.setattr(training, "validate", lambda *a, **k: next(losses))
+    assert training.main(["--config", cfg, "--skip_test"]) == 0
+    out = capsys.readouterr().out
+    assert "stopped after epoch 3: no better validation loss for 1 epochs (training.early_stop_patience)" in out
+    assert read_state(tmp_path / "ckpt" / "last.pt")["epoch"] == 3
+    assert read_state(tmp_path / "ckpt" / "best.pt")["epoch"] == 2
+    (tmp_path / "b").mkdir()
+    cfg = write_tiny_params(tmp_path / "b", processed, epochs=6, cpu_minutes=0.001)  # 0.06 s: one epoch
+    assert training.main(["--config", cfg, "--skip_test"]) == 0
+    assert "stopped after epoch 1: " in capsys.readouterr().out
+    assert read_state(tmp_path / "b" / "ckpt" / "last.pt")["epoch"] == 1
+
+
+def test_loss_options_by_hand():
+    pred = torch.tensor([1.0, 2.0, 3.0]).reshape(1, 1, 1, 1, 3)
+    target = torch.tensor([0.0, 0.0, 5.0]).reshape(1, 1, 1, 1, 3)
+    mask = torch.ones_like(pred, dtype=torch.bool)
+
+    class Task:
+        stats = {"target": {"min": 0.0, "max": 1.0, "transform": "none"}}
+
+        def to_physical(self, y):
+            return y
+    cfg = {"thresholds": [2.0], "weights": [1.0, 3.0]}
+    # errors 1, 2, -2; weights 1, 1, 3 (the last target is >= 2 mm/h)
+    assert training.task_loss(pred, target, mask, Task(), {**cfg, "name": "mse"}).item() == pytest.approx(9 / 3)
+    assert training.task_loss(pred, target, mask, Task(), {**cfg, "name": "weighted_mse"}).item() == \
+        pytest.approx((1 + 4 + 12) / 3)
+    assert training.task_loss(pred, target, mask, Task(), {**cfg, "name": "weighted_mse_mae"}).item() == \
+        pytest.approx((1 + 4 + 12) / 3 + (1 + 2 + 6) / 3)
