@@ -7,6 +7,7 @@ import pytest
 import config
 import dataset
 import normalization
+from lagrangian import rotate_flip
 from test_dataset import build, ramp
 
 
@@ -37,7 +38,8 @@ def test_frame_windows_use_every_valid_frame_and_need_no_target(params, tmp_path
     assert sample["x"].shape == (3, 1, 16, 16)
     crop = frames.crop(6)
     stored = frames._store(1)["inputs"][1:4, :, crop[0]:crop[0] + 16, crop[1]:crop[1] + 16]
-    np.testing.assert_array_equal(sample["x"].numpy(), stored)
+    turned, _ = rotate_flip(stored, None, *frames.turn_draw(6))   # data.augment: ZarrPatchDataset's turn
+    np.testing.assert_array_equal(sample["x"].numpy(), turned)
     val = dataset.FrameWindowDataset(str(out / "train"), p, frames=3, train=False)
     assert val.crop(0) == ((24 - 16) // 2, (20 - 16) // 2, 16, 16)   # held-out: the centre crop
 
