@@ -336,7 +336,8 @@ def main(argv=None):
     parser.add_argument("--methods", help="comma-separated: model, persistence, extrapolation "
                                           "(default: evaluation.methods)")
     parser.add_argument("--batch_size", type=int, default=4, help="windows per model call (default: 4)")
-    config.add_override_flags(parser, [("--device", "training.device")])
+    config.add_override_flags(parser, [("--device", "training.device"),
+                                       ("--rain_filter_fraction", "data.rain_filter_fraction")])
     config.add_protocol_arg(parser)
     parser.add_argument("--predict", metavar="RAW_CASE_DIR", help="forecast from this raw case instead of scoring")
     parser.add_argument("--t0", metavar="YYYYmmddHHMM", help="--predict: forecast from this time (default: the last)")

@@ -648,7 +648,8 @@ FLAGS = [("--epochs", "training.epochs"), ("--batch_size", "training.batch_size"
          ("--seed", "training.seed"), ("--device", "training.device"), ("--num_workers", "training.num_workers"),
          ("--task", "task"), ("--model", "model.name"), ("--compile", "training.compile"),
          ("--init_weight", "training.init_weight", {"metavar": "PRETRAINED.pt"}), ("--freeze", "training.freeze"),
-         ("--densify_norm", "model.spark_unet.densify_norm"), ("--transition", "model.spark_unet.transition")]
+         ("--densify_norm", "model.spark_unet.densify_norm"), ("--transition", "model.spark_unet.transition"),
+         ("--cpu_minutes", "training.cpu_minutes"), ("--rain_filter_fraction", "data.rain_filter_fraction")]
 
 
 def parse_args(argv):
