@@ -180,13 +180,7 @@ def motion_field(frames, levels=None, window_sigma=8.0, warps=3, regularization=
         h, w = images_l.shape[1:]
         yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
         if velocity is None:  # coarsest level: start from the domain-wide translation
-            velocity = np.zeros((2, h, w))
-            for _ in range(2 * warps):
-                terms = _structure_tensor(images_l, weights_l, gaps, velocity, xx, yy).sum(axis=(1, 2))
-                if terms[0] + terms[2] <= 0:
-                    break
-                step = _solve(*terms, 1e-3 * (terms[0] + terms[2]))
-                velocity += np.clip(step, -2.0, 2.0)[:, None, None]
+            velocity = _translation(images_l, weights_l, gaps, xx, yy, 2 * warps)
         else:  # upsample the coarser field: coarse pixel i is fine pixel 2i
             velocity = 2.0 * np.stack([_sample(v, xx / 2.0, yy / 2.0) for v in velocity])
         for _ in range(warps):
@@ -197,6 +191,19 @@ def motion_field(frames, levels=None, window_sigma=8.0, warps=3, regularization=
             step = _solve(*terms, damping)
             velocity += np.clip(step, -1.0, 1.0)
     return np.stack([_blur(v, smooth_sigma) for v in velocity])
+
+
+def _translation(images, weights, gaps, xx, yy, iterations):
+    """One motion for the whole level (2, h, w): Lucas-Kanade with the structure tensor summed over
+    every pixel, `iterations` warp-and-refine steps of at most 2 pixels each."""
+    velocity = np.zeros((2,) + images.shape[1:])
+    for _ in range(iterations):
+        terms = _structure_tensor(images, weights, gaps, velocity, xx, yy).sum(axis=(1, 2))
+        if terms[0] + terms[2] <= 0:
+            break
+        step = _solve(*terms, 1e-3 * (terms[0] + terms[2]))
+        velocity += np.clip(step, -2.0, 2.0)[:, None, None]
+    return velocity
 
 
 # --------------------------------------------------------------------------- advection

@@ -46,6 +46,7 @@ import os
 import numpy as np
 import torch
 import zarr
+from scipy import ndimage
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, SequentialSampler
 
 import config
@@ -173,7 +174,7 @@ class ZarrPatchDataset(Dataset):
         x = arrays["inputs"][inputs, :, rows, cols]
         y = arrays["target"][targets, rows, cols][:, None]
         coverage = arrays["coverage"][targets, rows, cols][:, None]
-        motion = arrays["motion"][inputs.stop - 1, :, rows, cols] if self.has_motion else None  # at t0
+        motion = motion_crop(arrays["motion"], inputs.stop - 1, rows, cols) if self.has_motion else None  # at t0
         if not self.full_frame and (size_y < self.patch_size or size_x < self.patch_size):
             pad = ((0, 0), (0, 0), (0, self.patch_size - size_y), (0, self.patch_size - size_x))
             x, y, coverage = np.pad(x, pad), np.pad(y, pad), np.pad(coverage, pad)
@@ -260,6 +261,19 @@ class FrameWindowDataset(ZarrPatchDataset):
         return {"x": torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
                 "time": torch.from_numpy(self.times[store][start:start + self.frames].copy()),
                 "case": self.cases[store]}
+def motion_crop(motion, t, rows, cols):
+    """The motion field (2, rows, cols) of a crop at step t, pixels per step, interpolated bilinearly
+    from the store's grid of every `stride`-th pixel (preproc.write_motion); float64 -> float32."""
+    stride = motion.attrs["stride"]
+    first_y, first_x = rows.start // stride, cols.start // stride
+    last_y = min((rows.stop - 1) // stride + 1, motion.shape[2] - 1)
+    last_x = min((cols.stop - 1) // stride + 1, motion.shape[3] - 1)
+    coarse = motion[t, :, first_y:last_y + 1, first_x:last_x + 1]
+    y, x = np.mgrid[rows, cols].astype(np.float64)
+    coordinates = [y / stride - first_y, x / stride - first_x]
+    # scipy, not numba's parallel interpolation.bilinear_sample: this runs in forked loader workers
+    return np.stack([ndimage.map_coordinates(component, coordinates, order=1, mode="nearest", prefilter=False)
+                     for component in coarse]).astype(np.float32)
 
 
 def pad_collate(samples):

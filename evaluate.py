@@ -131,7 +131,7 @@ def load_model(checkpoint, params, device):
 
 
 # --------------------------------------------------------------------------- scoring
-def score_split(forecaster, params, split, methods, batch_size):
+def score_split(forecaster, params, split, methods, batch_size, stride=1):
     """Accumulate every method's scores over every window of <processed_data>/<split>."""
     data, evaluation = params["data"], params["evaluation"]
     folder = os.path.join(params["paths"]["processed_data"], split)
@@ -146,7 +146,7 @@ def score_split(forecaster, params, split, methods, batch_size):
     for name in stores:
         root = zarr.open_group(os.path.join(folder, name), mode="r")
         check_store(os.path.join(folder, name), root.attrs.asdict(), forecaster.stats, f"checkpoint {forecaster.source}")
-        windows[name] = window_starts(root, data, forecaster.stats)
+        windows[name] = window_starts(root, data, forecaster.stats)[::stride]
     n_windows = sum(len(w) for w in windows.values())
     bar = tqdm(total=n_windows, desc=f"evaluate {split} ({', '.join(methods)})", unit="window")
     for name, starts in windows.items():
@@ -336,6 +336,8 @@ def main(argv=None):
     parser.add_argument("--methods", help="comma-separated: model, persistence, extrapolation "
                                           "(default: evaluation.methods)")
     parser.add_argument("--batch_size", type=int, default=4, help="windows per model call (default: 4)")
+    parser.add_argument("--stride", type=int, default=1,
+                        help="score every N-th window of each case only, for a quick look (default: 1, all)")
     config.add_override_flags(parser, [("--device", "training.device"),
                                        ("--rain_filter_fraction", "data.rain_filter_fraction")])
     config.add_protocol_arg(parser)
@@ -358,7 +360,9 @@ def main(argv=None):
         return 0
     step = params["data"]["time_step_minutes"]
     lead_minutes = [step * lead for lead in forecaster.leads]
-    acc, n_windows = score_split(forecaster, params, args.split, methods, args.batch_size)
+    if args.stride < 1 or args.batch_size < 1:
+        raise UserError(f"--stride {args.stride} / --batch_size {args.batch_size}: expected integers >= 1")
+    acc, n_windows = score_split(forecaster, params, args.split, methods, args.batch_size, args.stride)
     report = metrics_report(acc, params, args.split, n_windows, lead_minutes)
     out_dir = os.path.join(params["paths"]["outputs"], "eval", args.split)
     path, table, rows, plots = write_outputs(report, out_dir)

@@ -748,6 +748,39 @@ def _score_curves(methods, score, thresholds):
     return curves
 
 
+def _verification_panel(ax, methods, curves, styles, lead, panel, thresholds, against_threshold):
+    """One panel of plot_verification: each method's curves against lead time (or threshold); returns
+    the legend handles {method: Line2D}."""
+    legend = {}
+    for m_index, method in enumerate(methods):
+        colour, marker = METHOD_STYLE.get(method, (f"C{3 + m_index}", "d"))
+        for (m, threshold, window), curve in curves.items():
+            if m == method and (panel is None or threshold == panel) and not against_threshold:
+                ax.plot(lead[:curve.size], curve, color=colour, marker=marker, ms=4, linestyle=styles[window])
+        if against_threshold:  # one point per threshold, joined across thresholds
+            for window in styles:
+                x = [t for t in thresholds if (method, t, window) in curves]
+                if x:
+                    ax.plot(x, [curves[method, t, window][0] for t in x], color=colour, marker=marker, ms=4,
+                            linestyle=styles[window])
+        legend[method] = Line2D([], [], color=colour, marker=marker, ms=4, label=method)
+    if against_threshold:
+        ax.set_xscale("log")
+        ax.set_xticks(thresholds, [f"{t:g}" for t in thresholds])
+        ax.minorticks_off()
+        ax.set_xlabel("threshold (mm/h)")
+        ax.set_title(f"lead time {lead[0]:g} min", fontsize=10)
+        return legend
+    if panel is not None:
+        ax.set_title(f"threshold {panel:g} mm/h", fontsize=10)
+    ax.set_xlabel("lead time (min)")
+    if lead.size <= 12:
+        ax.set_xticks(lead)
+    if lead.size == 1:
+        ax.set_xlim(lead[0] - 5, lead[0] + 5)
+    return legend
+
+
 def plot_verification(metrics, score, out_path, title="Verification", thresholds=None):
     """A score against lead time, one line per method, one panel per threshold (categorical scores, FSS).
 
@@ -789,35 +822,7 @@ def plot_verification(metrics, score, out_path, title="Verification", thresholds
     legend = {}
     for i, panel in enumerate(panels):
         ax = fig.add_subplot(spec[i // n_cols, i % n_cols])
-        for m_index, method in enumerate(methods):
-            colour, marker = METHOD_STYLE.get(method, (f"C{3 + m_index}", "d"))
-            for (m, threshold, window), curve in curves.items():
-                if m != method or (panel is not None and threshold != panel):
-                    continue
-                if against_threshold:  # one point per threshold, joined across thresholds below
-                    continue
-                ax.plot(lead[:curve.size], curve, color=colour, marker=marker, ms=4, linestyle=styles[window])
-            if against_threshold:
-                for window in styles:
-                    x = [t for t in thresholds if (method, t, window) in curves]
-                    y = [curves[method, t, window][0] for t in x]
-                    if x:
-                        ax.plot(x, y, color=colour, marker=marker, ms=4, linestyle=styles[window])
-            legend.setdefault(method, Line2D([], [], color=colour, marker=marker, ms=4, label=method))
-        if against_threshold:
-            ax.set_xscale("log")
-            ax.set_xticks(thresholds, [f"{t:g}" for t in thresholds])
-            ax.minorticks_off()
-            ax.set_xlabel("threshold (mm/h)")
-            ax.set_title(f"lead time {lead[0]:g} min", fontsize=10)
-        else:
-            if panel is not None:
-                ax.set_title(f"threshold {panel:g} mm/h", fontsize=10)
-            ax.set_xlabel("lead time (min)")
-            if lead.size <= 12:
-                ax.set_xticks(lead)
-            if lead.size == 1:
-                ax.set_xlim(lead[0] - 5, lead[0] + 5)
+        legend.update(_verification_panel(ax, methods, curves, styles, lead, panel, thresholds, against_threshold))
         ax.set_ylabel(f"{score.upper()} ({unit})" if unit else score.upper())
         if per_threshold and score in SCORES:
             ax.set_ylim(-0.05 if score != "hss" else None, 1.05)

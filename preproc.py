@@ -13,9 +13,10 @@ every source in `data.inputs` and the target source, and writes
         coverage (T, H, W)    bool     the target has data there after gap filling
         valid    (T,)         bool     every source has data at this step; samples use valid steps only
         time     (T,)         int64    minutes since 1970-01-01 00:00 UTC
-        motion   (T, 2, H, W) float32  (data.motion) the target's motion field at each step, pixels
-                                       per step, [0] along x, [1] along y (baselines.motion_field of
-                                       the last data.motion_frames frames; see write_motion)
+        motion   (T, 2, ceil(H/4), ceil(W/4)) float32  (data.motion) the target's motion field at each
+                                       step at every 4th pixel, pixels per step, [0] along x, [1] along
+                                       y (baselines.motion_field of the last data.motion_frames frames;
+                                       see write_motion)
         rain_max (T, ceil(H/8), ceil(W/8)) float32  target max per 8 x 8 block, physical units
                                        (mm/h), NaN ignored, 0 where no data: dataset.py uses it to
                                        find rainy crops without reading the target
@@ -89,6 +90,7 @@ CHUNK_XY = 128   # rows / columns per chunk: a 128 x 128 patch touches at most 4
 # column per array), so a case is a few hundred files, not tens of thousands.
 COMPRESSOR = ZstdCodec(level=1)  # radar fields are mostly 0: ~20x smaller, fast to decode
 RAIN_BLOCK = 8   # side (pixels) of the rain_max blocks
+MOTION_STRIDE = 4  # the motion field is stored at every 4th pixel of each axis
 TILE_BYTES = 64 * 2**20  # a case is processed in tiles of about this size (all steps, channels)
 
 
@@ -132,46 +134,18 @@ def scan_case(raw_dir, case_id, params):
 
     Returns a plan: {"case", "grid" (H, W), "start" (minutes since 1970), "n_steps" T,
     "sources": {source: {"channels", "steps" int (F,), "paths" [F], "native_steps", "max_gap",
-    "valid" bool (T,), "steps_filled"}}, "valid" bool (T,)}.
+    "valid" bool (T,), "steps_filled", "nonnegative"}}, "valid" bool (T,)}.
     """
     data = params["data"]
     step = data["time_step_minutes"]
-    grid, grid_file, files = None, None, {}
+    grid, files = None, {}
     for source, channels in case_sources(params).items():
-        folder = os.path.join(raw_dir, case_id, source)
-        if not os.path.isdir(folder):
-            raise UserError(f"case {case_id}: source folder {folder} missing (data.inputs / data.target "
-                            f"list source {source!r})")
-        names = sorted(n for n in os.listdir(folder) if n.endswith(".npy") and not n.startswith("."))
-        if not names:
-            raise UserError(f"case {case_id}: {folder}: no .npy files")
-        entries = []
-        for name in names:
-            path = os.path.join(folder, name)
-            minute = parse_time(case_id, path)
-            shape = read_header(case_id, path)
-            n = len(channels)
-            if len(shape) == 3 and shape[0] == n:
-                frame = tuple(shape[1:])
-            elif len(shape) == 2 and n == 1:
-                frame = tuple(shape)
-            else:
-                found = f"{shape[0]} channels" if len(shape) == 3 else f"{len(shape)} dimensions"
-                raise UserError(f"case {case_id}: {path}: shape {tuple(shape)} ({found}), expected {n} "
-                                f"channel(s) {channels} of source {source!r} as ({n}, H, W)"
-                                + (" or (H, W)" if n == 1 else ""))
-            if grid is None:
-                grid, grid_file = frame, path
-            elif frame != grid:
-                raise UserError(f"case {case_id}: {path}: grid {frame[0]}x{frame[1]} differs from "
-                                f"{grid[0]}x{grid[1]} of {grid_file}")
-            entries.append((minute, path))
+        entries, grid = scan_source(raw_dir, case_id, source, channels, grid)
         files[source] = (channels, entries)
-
     start = min(entries[0][0] for _, entries in files.values())
     end = max(entries[-1][0] for _, entries in files.values())
     n_steps = (end - start) // step + 1
-    plan = {"case": case_id, "grid": grid, "start": start, "n_steps": n_steps, "sources": {}}
+    plan = {"case": case_id, "grid": grid[0], "start": start, "n_steps": n_steps, "sources": {}}
     valid_all = np.ones(n_steps, dtype=bool)
     for source, (channels, entries) in files.items():
         minutes = np.array([m for m, _ in entries], dtype=np.int64)
@@ -181,14 +155,45 @@ def scan_case(raw_dir, case_id, params):
             axis_start = EPOCH + dt.timedelta(minutes=int(start))
             raise UserError(f"case {case_id}: {first}: time is not on the {step}-minute axis starting at "
                             f"{axis_start:%Y%m%d%H%M} (the case's first file; see data.time_step_minutes)")
-        steps = (minutes - start) // step
-        placed = place_source(steps, n_steps, data["max_gap_steps"])
+        placed = place_source((minutes - start) // step, n_steps, data["max_gap_steps"])
         placed.update(channels=channels, paths=[p for _, p in entries],
                       nonnegative=[data["transform"].get(c, "none") == "log1p" for c in channels])
         plan["sources"][source] = placed
         valid_all &= placed["valid"]
     plan["valid"] = valid_all
     return plan
+
+
+def scan_source(raw_dir, case_id, source, channels, grid):
+    """[(minutes, path)] of one source's files, each checked by name and header; grid: None or
+    ((H, W), the file that set it), which every file must match. Returns (entries, grid)."""
+    folder = os.path.join(raw_dir, case_id, source)
+    if not os.path.isdir(folder):
+        raise UserError(f"case {case_id}: source folder {folder} missing (data.inputs / data.target "
+                        f"list source {source!r})")
+    names = sorted(n for n in os.listdir(folder) if n.endswith(".npy") and not n.startswith("."))
+    if not names:
+        raise UserError(f"case {case_id}: {folder}: no .npy files")
+    entries, n = [], len(channels)
+    for name in names:
+        path = os.path.join(folder, name)
+        minute, shape = parse_time(case_id, path), read_header(case_id, path)
+        if len(shape) == 3 and shape[0] == n:
+            frame = tuple(shape[1:])
+        elif len(shape) == 2 and n == 1:
+            frame = tuple(shape)
+        else:
+            found = f"{shape[0]} channels" if len(shape) == 3 else f"{len(shape)} dimensions"
+            raise UserError(f"case {case_id}: {path}: shape {tuple(shape)} ({found}), expected {n} "
+                            f"channel(s) {channels} of source {source!r} as ({n}, H, W)"
+                            + (" or (H, W)" if n == 1 else ""))
+        if grid is None:
+            grid = (frame, path)
+        elif frame != grid[0]:
+            raise UserError(f"case {case_id}: {path}: grid {frame[0]}x{frame[1]} differs from "
+                            f"{grid[0][0]}x{grid[0][1]} of {grid[1]}")
+        entries.append((minute, path))
+    return entries, grid
 
 
 def place_source(steps, n_steps, max_gap_steps):
@@ -424,22 +429,31 @@ def write_case(plan, split_name, out_dir, stats, params):
                                       "standard_name": "time"})
         root.attrs["negative_values_dropped"] = found.get("negative", 0)
         if params["data"]["motion"]:
-            write_motion(root, frames("motion", 2, "float32", "motion of the target, pixels per step (x, y)"),
-                         stats, params["data"]["motion_frames"])
+            write_motion(root, stats, params["data"]["motion_frames"])
     return final, found
 
 
-def write_motion(root, motion, stats, motion_frames):
-    """motion[t] = baselines.motion_field of the target frames t - motion_frames + 1 .. t (mm/h, NaN
-    outside coverage), full frames; (2, H, W) pixels per step, [0] along x, [1] along y; zeros where
-    fewer than two frames have data. The extrapolation baseline forecasting from t uses the same field.
+def write_motion(root, stats, motion_frames):
+    """The `motion` array: at step t, baselines.motion_field of the target frames
+    t - motion_frames + 1 .. t (mm/h, NaN outside coverage) on full frames, pixels per step, [0]
+    along x, [1] along y; zeros where fewer than two frames have data (the extrapolation forecasting
+    from t uses the same field). The field is smooth (a Gaussian of 15 px ends motion_field), so it
+    is stored at every MOTION_STRIDE-th pixel, (T, 2, ceil(H/s), ceil(W/s)) (pixel (s i, s j)):
+    16x less disk; dataset.py interpolates a crop back bilinearly.
     """
     target, coverage = root["target"], root["coverage"]
-    for t in tqdm(range(motion.shape[0]), desc=f"motion {root.attrs['case']}", unit="step", leave=False):
+    n_steps, n_y, n_x = target.shape
+    shape = (2, -(-n_y // MOTION_STRIDE), -(-n_x // MOTION_STRIDE))
+    motion = root.create_array("motion", shape=(n_steps,) + shape, dtype="float32", chunks=(1,) + shape,
+                               compressors=COMPRESSOR, dimension_names=("time", "component", "y_motion", "x_motion"),
+                               attributes={"long_name": "motion of the target (x, y components)",
+                                           "units": "pixels per step", "stride": MOTION_STRIDE})
+    for t in tqdm(range(n_steps), desc=f"motion {root.attrs['case']}", unit="step", leave=False):
         first = max(0, t - motion_frames + 1)
         frames = denormalize_target(target[first:t + 1].astype(np.float64), stats)
         frames[~coverage[first:t + 1]] = np.nan
-        motion[t] = motion_field(frames) if len(frames) >= 2 else 0.0
+        if len(frames) >= 2:
+            motion[t] = motion_field(frames)[:, ::MOTION_STRIDE, ::MOTION_STRIDE]
 
 
 def write_tiles(arrays, plan, stats, params, tile_rows, tile_cols):

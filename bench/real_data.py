@@ -121,6 +121,7 @@ def main():
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="params.json keys to change for this run, e.g. training.loss.name=mse")
     parser.add_argument("--skip_training", action="store_true", help="score the run's existing best.pt")
+    parser.add_argument("--stride", type=int, default=1, help="score every N-th window (default: 1, all)")
     args = parser.parse_args()
     if not os.path.isdir(RADAR):
         print(f"skipped: {RADAR} not found (the real events ship with the project's shared data only)")
@@ -136,7 +137,8 @@ def main():
     if not args.skip_training:
         run([py, "training.py", "--config", cfg, "--skip_test"])
     trained = time.time() - started
-    run([py, "evaluate.py", "--config", cfg, "--checkpoint", f"{run_dir}/checkpoints/best.pt", "--split", args.split])
+    run([py, "evaluate.py", "--config", cfg, "--checkpoint", f"{run_dir}/checkpoints/best.pt", "--split", args.split,
+         "--stride", str(args.stride)])
     with open(os.path.join(run_dir, "eval", args.split, "metrics.json")) as fh:
         report = json.load(fh)
     import plotting

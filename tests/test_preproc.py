@@ -430,14 +430,20 @@ def test_stored_motion_equals_motion_field_of_the_stored_frames(params, tmp_path
     preproc.preprocess(p, progress=False)
     root, stats = open_store(out, "train", "c1"), normalization.load_stats(str(out))
     motion = root["motion"][:]
-    assert motion.shape == (8, 2, 48, 56) and motion.dtype == np.float32
+    assert motion.shape == (8, 2, 12, 14) and motion.dtype == np.float32 and root["motion"].attrs["stride"] == 4
     assert not motion[0].any()  # one frame: no motion
     for t in (1, 5, 7):
         frames = normalization.denormalize_target(root["target"][max(0, t - 2):t + 1].astype(np.float64), stats)
         frames[~root["coverage"][max(0, t - 2):t + 1]] = np.nan
-        np.testing.assert_array_equal(motion[t], baselines.motion_field(frames).astype(np.float32))
+        full = baselines.motion_field(frames)
+        np.testing.assert_array_equal(motion[t], full[:, ::4, ::4].astype(np.float32))  # every 4th pixel
+        # what a training crop gets back: the full-resolution field, to a small fraction of a pixel
+        import dataset
+        crop = dataset.motion_crop(root["motion"], t, slice(5, 37), slice(9, 50))
+        np.testing.assert_allclose(crop, full[:, 5:37, 9:50], atol=0.02)
     rainy = root["target"][5] > 0.2
-    assert abs(np.median(motion[5, 0][rainy]) - 1.5) < 0.2 and abs(np.median(motion[5, 1][rainy]) + 0.5) < 0.2
+    full5 = baselines.motion_field(normalization.denormalize_target(root["target"][3:6].astype(np.float64), stats))
+    assert abs(np.median(full5[0][rainy]) - 1.5) < 0.2 and abs(np.median(full5[1][rainy]) + 0.5) < 0.2
 
 
 # --------------------------------------------------------------------------- data that must not look good
