@@ -252,14 +252,17 @@ def validate(model, loader, params, device):
 # --------------------------------------------------------------------------- panels, log, main
 @torch.no_grad()
 def reconstruction_panels(model, loader, params, stats, device, out_path, n_samples=3):
-    """PNG of held-out windows: last input frame, the same with its masked patches, reconstruction.
+    """PNG of the rainiest held-out windows (most input among the first val_steps batches): last input
+    frame, the same with its masked patches, reconstruction.
 
     The reconstruction shows the input at visible patches and, at masked ones, the model's output
     un-normalised with the true patch mean and std (SparK's visualisation: the loss ignores a
     patch's mean and scale, so only the structure inside a masked patch is the model's)."""
     import plotting
     model.eval()
-    x = next(iter(loader))["x"][:n_samples].to(device)
+    windows = [b["x"] for _, b in zip(range(params["pretraining"]["val_steps"]), loader)]
+    windows = torch.cat(windows)
+    x = windows[windows[:, -1].mean(dim=(1, 2, 3)).argsort(descending=True)[:n_samples]].to(device)
     B, T, C, H, W = x.shape
     generator = torch.Generator().manual_seed(params["training"]["seed"] + VAL_MASK_SEED)
     visible = random_visible(B, T, (H // STRIDE, W // STRIDE), params["pretraining"]["mask"],
