@@ -158,6 +158,11 @@ SCHEMA = Section(
         crop_tries=Key(int, 10, "random crops tried to find a rainy patch", minimum=1),
         eval_full_frame=Key(bool, False, "val/test samples: false = the centre patch_size crop, true = the full "
                             "frame (a batch is zero-padded to its largest grid, padding has coverage False)"),
+        rain_filter_fraction=Key(NUM, 0.0, "NL-50-style sample filter (every split, and evaluate.py): keep a window "
+                                 "only when, in every target frame, at least this fraction of the covered pixels "
+                                 "exceeds rain_filter_threshold; 0: keep all; NL-50: 0.5", "fraction", minimum=0),
+        rain_filter_threshold=Key(NUM, 0.0, "the rain of rain_filter_fraction: value > this (NL-50, SmaAt-UNet's "
+                                  "create_datasets.py: > 0)", "mm/h", minimum=0),
         motion=Key(bool, True, "preproc.py stores the target's motion field per step (baselines.motion_field of the "
                    "last motion_frames frames, full frames), which Lagrangian models and augmentation use"),
         motion_frames=Key(int, 3, "frames up to a step that its motion is estimated from (also the "
@@ -167,7 +172,8 @@ SCHEMA = Section(
     ),
     model=Section(
         required=True, doc="the network; `name` picks one, its options are in the section of that name",
-        name=Key(str, REQUIRED, "model registry name", choices=("convlstm_unet", "encoder_forecaster")),
+        name=Key(str, REQUIRED, "model registry name",
+                 choices=("convlstm_unet", "encoder_forecaster", "smaat_unet", "spark_unet")),
         convlstm_unet=Section(
             "ConvLSTM U-Net (seed 000)",
             base_channels=Key(int, 16, "hidden channels at the finest scale (doubled per level)", minimum=1),
@@ -183,6 +189,27 @@ SCHEMA = Section(
             hidden_channels=Key(list, [32, 32], "hidden channels per stacked layer", items=int),
             **CELL_KEYS,
             lagrangian=Key(bool, False, LAGRANGIAN_DOC),
+        ),
+        smaat_unet=Section(
+            "SmaAt-UNet of Trebing et al. (2021), input frames stacked as channels (seed 004's baseline)",
+            base_channels=Key(int, 64, "channels at the finest scale (doubled per level, the deepest repeats)", minimum=1),
+            depth=Key(int, 5, "number of scales (5: four 2x2 poolings, as the paper)", minimum=1),
+            kernels_per_layer=Key(int, 2, "depthwise filters per input channel", minimum=1),
+            reduction=Key(int, 16, "CBAM channel-attention reduction ratio", minimum=1),
+        ),
+        spark_unet=Section(
+            "SpaT-SparK encoder-decoder (seed 004): ResNet encoder, translation network, light U-Net decoder; "
+            "input frames stacked as channels; pretrain.py pretrains it",
+            arch=Key(str, "resnet18", "encoder layout (torchvision's ResNet-18 / ResNet-50 blocks, random init)",
+                     choices=("resnet18", "resnet50")),
+            base_width=Key(int, 64, "encoder channels of the first stage (64 in torchvision; x2 per stage)", minimum=1),
+            decoder_width=Key(int, 512, "decoder channels at stride 32, halved at each of its 5 upsamplings "
+                              "(multiple of 32)", minimum=32),
+            densify_norm=Key(str, "bn", "norm of the encoder features before the decoder (bn: mask-aware batch norm)",
+                             choices=("bn", "ln", "none")),
+            transition=Key(str, "linearA", "translation network: linearA = a 1x1 conv per scale starting as the "
+                           "identity; conv = residual 3x3 convs per scale; none = identity",
+                           choices=("none", "linearA", "conv")),
         ),
     ),
     training=Section(
@@ -200,6 +227,10 @@ SCHEMA = Section(
         amp=Key(bool, True, "bf16 autocast on CUDA (ignored on CPU)"),
         lr_patience=Key(int, 2, "ReduceLROnPlateau patience", "epochs", minimum=0),
         lr_factor=Key(NUM, 0.5, "ReduceLROnPlateau factor", minimum=0),
+        init_weight=Key(str, "", "fine-tuning: a pretrain.py or training.py checkpoint; its weights whose name and "
+                        "shape match the model's are copied in before training (not on --resume); '' = none"),
+        freeze=Key(str, "no", "fine-tuning: 'encoder' keeps the encoder's weights and batch-norm statistics fixed "
+                   "(spark_unet)", choices=("no", "encoder")),
         early_stop_patience=Key(int, 0, "stop when the validation loss has not improved for this many epochs "
                                 "(0: never)", "epochs", minimum=0),
         cpu_minutes=Key(NUM, 0, "stop after the epoch in which this run's CPU time (all threads and loader "
@@ -275,6 +306,26 @@ SCHEMA = Section(
         panels=Key(int, 3, "test crops shown in the panel figures (the rainiest)", minimum=0),
         experiment_budget=Key(NUM, 60, "--experiments: CPU seconds of training per experiment (epochs of "
                               "steps_per_epoch steps, 16 when that is 0; at least one epoch)", "s", minimum=1),
+    ),
+    pretraining=Section(
+        "pretrain.py: SparK masked image modelling of model.spark_unet on every frame of the training cases "
+        "(flag names as seed 004's)",
+        in_channels=Key(int, None, "stacked input channels = frames x data.inputs channels; null: data.input_steps "
+                        "x channels (must equal the fine-tuning model's for its first layer to load)",
+                        minimum=1, nullable=True),
+        bs=Key(int, 16, "batch size (seed: 128)", "samples", minimum=1),
+        mask=Key(NUM, 0.3, "ratio of the 32 x 32-pixel patches masked (seed pretraining: 0.3; SparK: 0.6)",
+                 "fraction", minimum=0),
+        mask_mode=Key(str, "spatial", "spatial: the same patches masked in every frame; spatiotemporal: drawn "
+                      "independently per frame", choices=("spatial", "spatiotemporal")),
+        ep=Key(int, 10, "epochs (seed: 1600)", "epochs", minimum=1),
+        wp_ep=Key(int, 1, "linear warm-up epochs, then cosine decay to 0 (seed: 40)", "epochs", minimum=0),
+        base_lr=Key(NUM, 2e-4, "AdamW peak learning rate = base_lr x bs / 256", minimum=0),
+        weight_decay=Key(NUM, 0.05, "AdamW weight decay", minimum=0),
+        steps_per_epoch=Key(int, 100, "training steps per epoch", minimum=1),
+        val_steps=Key(int, 10, "held-out batches (val split, fixed masks) scored per epoch", minimum=1),
+        exp_name=Key(str, "spark_pretrain", "run name: checkpoints in <paths.checkpoints>/<exp_name>/, log and "
+                     "panels in <paths.outputs>/<exp_name>/"),
     ),
     evaluation=Section(
         required=True, doc="evaluate.py and the final test of training.py",
@@ -401,6 +452,12 @@ def _check_consistency(params):
         raise UserError(f"downscaling.alpha: expected a weight between 0 and 1, got {down['alpha']}")
     if down["crop_size"] % 8:
         raise UserError(f"downscaling.crop_size: expected a multiple of 8 (the largest factor), got {down['crop_size']}")
+    if not params["pretraining"]["mask"] < 1:
+        raise UserError(f"pretraining.mask: expected a ratio below 1 (some patches must stay visible), "
+                        f"got {params['pretraining']['mask']}")
+    if not params["pretraining"]["exp_name"] or os.sep in params["pretraining"]["exp_name"]:
+        raise UserError(f"pretraining.exp_name: expected a folder name without '{os.sep}', "
+                        f"got {params['pretraining']['exp_name']!r}")
     roi = params["sea_ice"]["roi"]
     if roi is not None and (len(roi) != 4 or roi[0] >= roi[1] or roi[2] >= roi[3]):
         raise UserError(f"sea_ice.roi: expected [ymin, ymax, xmin, xmax] with min < max, got {roi}")
@@ -584,13 +641,35 @@ class Overrides(dict):
 
 
 def overrides_from(args):
-    """Overrides {dotted key: value} of the override flags in parsed `args` (None: not given)."""
+    """Overrides {dotted key: value} of the override flags in parsed `args` (None: not given), after
+    the values of `--protocol NAME` (add_protocol_arg) where given; a flag given explicitly wins."""
     values, flags = {}, {}
+    protocol = getattr(args, "protocol", None)
+    for dotted, value in (PROTOCOLS[protocol][0] if protocol else {}).items():
+        values[dotted], flags[dotted] = copy.deepcopy(value), f"--protocol {protocol}"
     for dest, value in vars(args).items():
         if dest.startswith(_FLAG_DEST):
             dotted, flag = dest[len(_FLAG_DEST):].split("|")
-            values[dotted], flags[dotted] = value, flag
+            if value is not None or dotted not in values:
+                values[dotted], flags[dotted] = value, flag
     return Overrides(values, flags)
+
+
+PROTOCOLS = {  # name -> (params.json values, description); `--protocol NAME` of training/evaluate/pretrain.py
+    "seed004": ({"data.input_steps": 12, "data.lead_steps": 6, "data.output_steps": 1,
+                 "data.rain_filter_fraction": 0.5, "data.rain_filter_threshold": 0.0, "evaluation.thresholds": [0.5]},
+                "seed 004's NL-50 protocol (SmaAt-UNet, SpaT-SparK): 12 input frames (1 h of 5-minute steps) -> "
+                "the frame 30 min ahead (data.input_steps 12, lead_steps 6, output_steps 1), only windows whose "
+                "target has rain (> 0 mm/h) on at least 50 %% of its covered pixels (data.rain_filter_fraction "
+                "0.5, rain_filter_threshold 0), scores at 0.5 mm/h (evaluation.thresholds [0.5])"),
+}
+
+
+def add_protocol_arg(parser):
+    """Add `--protocol NAME`: set the params.json keys of a published protocol (PROTOCOLS) at once."""
+    parser.add_argument("--protocol", choices=tuple(PROTOCOLS), help="; ".join(
+        f"{name}: {doc}" for name, (_, doc) in PROTOCOLS.items()) + " (default: none; other flags win)")
+    return parser
 
 
 def flag_value(args, dotted):

@@ -54,7 +54,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sequential
 import config
 from config import UserError
 from lagrangian import rotate_flip
-from normalization import channel_list, check_store, denormalize_target, load_stats, sample_starts, window_steps
+from normalization import (channel_list, check_store, denormalize_target, frame_starts, load_stats, rainy_fraction,
+                           rainy_starts, sample_starts, window_steps)
 
 SPLITS = ("train", "val", "test")
 
@@ -92,13 +93,28 @@ class ZarrPatchDataset(Dataset):
             self.grids.append(tuple(attrs["grid_shape"]))
             self.rain_blocks.append(attrs["rain_block"])
             self.times.append(root["time"][:])
-            starts = sample_starts(root["valid"][:], data)
+            starts = self._window_starts(root, stats)
             rows.append(np.stack([np.full(len(starts), index, dtype=np.int64), starts], axis=1))
         self.sample_map = np.concatenate(rows)  # (N, 2): store index, first input step
         if not len(self.sample_map):
-            raise UserError(f"{split_dir}: no valid window of input_steps {self.input_steps} + lead_steps "
-                            f"{self.lead_steps} + output_steps {self.output_steps} in {len(self.paths)} stores")
+            raise UserError(f"{split_dir}: no valid window of {self._window_text()} in {len(self.paths)} stores")
         self._arrays, self._pid = {}, None
+
+    def _window_starts(self, root, stats=None):
+        """First input step of every sample window of one opened store (see `window_starts`)."""
+        if self.data["rain_filter_fraction"] and stats is None:
+            stats = load_stats(os.path.dirname(os.path.abspath(self.split_dir)))
+        return window_starts(root, self.data, stats)
+
+    def _window_text(self):
+        text = f"input_steps {self.input_steps} + lead_steps {self.lead_steps} + output_steps {self.output_steps}"
+        fraction = self.data["rain_filter_fraction"]
+        return text + (f" with >= {fraction:g} of the target above {self.data['rain_filter_threshold']:g} mm/h "
+                       "(data.rain_filter_fraction)" if fraction else "")
+
+    def _rain_steps(self, start):
+        """Steps whose rain_max a rainy training crop is looked for in: the targets."""
+        return window_steps(start, self.data)[1]
 
     def __len__(self):
         return len(self.sample_map)
@@ -144,7 +160,7 @@ class ZarrPatchDataset(Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, int(index)])
         want_rain = rng.random() < self.rain_patch_prob
         if want_rain:
-            rain = self._store(store)["rain_max"][window_steps(start, self.data)[1]]
+            rain = self._store(store)["rain_max"][self._rain_steps(start)]
         for _ in range(self.crop_tries if want_rain else 1):
             y0, x0 = int(rng.integers(0, n_y - size_y + 1)), int(rng.integers(0, n_x - size_x + 1))
             if want_rain and self._has_rain(rain, self.rain_blocks[store], (n_y, n_x), y0, x0, size_y, size_x):
@@ -179,15 +195,77 @@ class ZarrPatchDataset(Dataset):
             sample["motion"] = torch.from_numpy(np.ascontiguousarray(motion, dtype=np.float32))
         return sample
 
+    def turn_draw(self, index):
+        """(quarter turns 0..3, flip) of sample `index` in this epoch, apart from the crop's draws."""
+        rng = np.random.default_rng([self.seed, self.epoch, int(index), 1])
+        return int(rng.integers(0, 4)), bool(rng.integers(0, 2))
+
     def turn(self, index, x, y, coverage, motion):
         """Augmentation: one of the 8 flips/quarter turns, drawn from (seed, epoch, index), applied to the
         frames and, consistently, to the motion vectors (lagrangian.rotate_flip)."""
-        rng = np.random.default_rng([self.seed, self.epoch, int(index), 1])  # apart from the crop's draws
-        turns, flip = int(rng.integers(0, 4)), bool(rng.integers(0, 2))
+        turns, flip = self.turn_draw(index)
         x, _ = rotate_flip(x, None, turns, flip)
         y, _ = rotate_flip(y, None, turns, flip)
         coverage, motion = rotate_flip(coverage, motion, turns, flip)
         return x, y, coverage, motion
+
+
+def window_starts(root, data, stats=None):
+    """First input step of every sample window of one opened store (zarr group of preproc.py).
+
+    Every window whose steps are valid (normalization.sample_starts); with data.rain_filter_fraction
+    > 0 only those whose every target frame has at least that fraction of its covered pixels above
+    data.rain_filter_threshold mm/h (NL-50's filter, normalization.rainy_starts). The filter reads
+    the target frames one at a time (once) and needs stats (stats.json) to turn them into mm/h.
+    """
+    valid = root["valid"][:]
+    starts = sample_starts(valid, data)
+    if not data["rain_filter_fraction"] or not len(starts):
+        return starts
+    _, targets = window_steps(0, data)
+    fractions = np.full(len(valid), np.nan)
+    for t in np.unique(starts[:, None] + np.arange(targets.start, targets.stop)[None, :]):
+        frame = denormalize_target(root["target"][t], stats)
+        fractions[t] = rainy_fraction(frame, root["coverage"][t], data["rain_filter_threshold"])
+    return rainy_starts(starts, fractions, data, data["rain_filter_fraction"])
+
+
+class FrameWindowDataset(ZarrPatchDataset):
+    """Windows of `frames` consecutive valid input steps, with no target: the data of
+    self-supervised pretraining (pretrain.py), which can use every valid frame of every store.
+
+    Crops as ZarrPatchDataset (train: random, rainy ones preferred by the rain_max of the window's
+    steps, flipped and turned with data.augment; val/test: the centre patch_size crop; a smaller
+    grid is zero-padded). A sample:
+        x     (frames, C, P, P) float32  normalised inputs, steps s .. s + frames - 1
+        time  (frames,)         int64    minutes since 1970-01-01 00:00 UTC
+        case  str
+    """
+
+    def __init__(self, split_dir, params, frames, train=True, seed=None):
+        self.frames = int(frames)
+        super().__init__(split_dir, params, train=train, full_frame=False, seed=seed)
+
+    def _window_starts(self, root, stats=None):
+        return frame_starts(root["valid"][:], self.frames)
+
+    def _window_text(self):
+        return f"{self.frames} consecutive valid steps"
+
+    def _rain_steps(self, start):
+        return slice(start, start + self.frames)
+
+    def __getitem__(self, index):
+        store, start = self.sample_map[index]
+        y0, x0, size_y, size_x = self.crop(index)
+        x = self._store(store)["inputs"][start:start + self.frames, :, y0:y0 + size_y, x0:x0 + size_x]
+        if size_y < self.patch_size or size_x < self.patch_size:
+            x = np.pad(x, ((0, 0), (0, 0), (0, self.patch_size - size_y), (0, self.patch_size - size_x)))
+        if self.augment:
+            x, _ = rotate_flip(x, None, *self.turn_draw(index))
+        return {"x": torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
+                "time": torch.from_numpy(self.times[store][start:start + self.frames].copy()),
+                "case": self.cases[store]}
 
 
 def read_together(reads):

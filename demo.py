@@ -4,7 +4,8 @@ Each step is the shell command a user would type (printed before it runs), so
 this file doubles as a worked example of the README. Sea ice: synthetic
 Bremen days served by a loopback mirror -> download.py -> create_mask.py ->
 consolidate_data.py -> inspection tools and maps. Nowcasting: synthetic raw
-cases -> preproc.py -> training.py -> evaluate.py -> plots. Downscaling: generated rain ->
+cases -> preproc.py -> training.py -> evaluate.py -> plots; pretrain.py (seed 004) and a
+fine-tuning of spark_unet from it (under <out>/finetune). Downscaling: generated rain ->
 make_downscaling_data.py -> downscaling.py --experiments E3,E4 (SR-CNN without and with the
 softmax constraint, a few CPU seconds each) -> table and panels. A step whose script
 does not exist yet is skipped and said so. Ends with a summary of what it wrote.
@@ -43,15 +44,21 @@ def run(cmd, log):
     return True
 
 
-def demo_params(out):
-    """params.json for the demo: the repository's file with paths under `out` and a short training."""
+def demo_params(out, name="params.json", run_dir=""):
+    """params.json for the demo: the repository's file with paths under `out` and a short training.
+
+    run_dir: a sub-folder of `out` for the checkpoints and outputs of another training run (the
+    fine-tuning of seed 004), so that it does not overwrite the first run's files."""
     params = config.load_params(os.path.join(ROOT, "params.json"))
+    runs = f"{out}/{run_dir}".rstrip("/")
     params["paths"].update(raw_dataset=f"{out}/raw_dataset", processed_data=f"{out}/processed_data",
-                           sea_ice_data=f"{out}/asi", checkpoints=f"{out}/checkpoints", outputs=out)
+                           sea_ice_data=f"{out}/asi", checkpoints=f"{runs}/checkpoints", outputs=runs)
     params["data"].update(patch_size=64, input_steps=6, lead_steps=1, output_steps=6)  # 5 .. 30 min ahead
     params["training"].update(epochs=8, steps_per_epoch=40, val_steps=5, batch_size=8, num_workers=0)
     params["downscaling"].update(data_dir=f"{out}/downscaling/data", outputs=f"{out}/downscaling")
-    path = os.path.join(ROOT, out, "params.json")
+    params["model"]["spark_unet"].update(base_width=8, decoder_width=64)       # small, for seconds on a CPU
+    params["pretraining"].update(ep=2, steps_per_epoch=5, val_steps=2, bs=8, base_lr=0.03)
+    path = os.path.join(ROOT, out, name)
     with open(path, "w") as fh:
         json.dump(config.validate(params), fh, indent=2)
     return os.path.relpath(path, ROOT)
@@ -162,6 +169,13 @@ def main(argv=None):
         run([py, "evaluate.py", "--config", cfg, "--checkpoint", f"{out}/checkpoints/best.pt",
              "--predict", f"{out}/raw_dataset/{test_case}", "--t0", t0,
              "--output", f"{out}/forecasts/{test_case}_{t0}.nc"], log)
+
+    # ---- seed 004: masked pretraining of spark_unet on every frame, then fine-tuning from it
+    finetune = demo_params(out, "params_finetune.json", "finetune")
+    if run([py, "pretrain.py", "--config", cfg, "--mask", "0.5", "--exp_name", "spark_pretrain"], log):
+        run([py, "training.py", "--config", finetune, "--model", "spark_unet", "--init_weight",
+             f"{out}/checkpoints/spark_pretrain/best.pt", "--freeze", "no", "--epochs", "2", "--steps_per_epoch", "10"],
+            log)
 
     # ---- downscaling (seed 003): LR-HR pairs from generated rain, SR-CNN without / with the softmax layer
     run([py, "make_downscaling_data.py", "--config", cfg, "--source", "generated", "--factor", "4"], log)

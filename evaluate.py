@@ -5,19 +5,23 @@
     python evaluate.py [--config params.json] --checkpoint CKPT --predict RAW_CASE_DIR [--output F.nc|F.zarr]
 
 Scoring: every method forecasts every valid window of the split (all forecast start
-times t0 of every <processed_data>/<split>/<case>.zarr; full frames), in physical units
+times t0 of every <processed_data>/<split>/<case>.zarr, or only the rainy ones with the NL-50
+filter data.rain_filter_fraction > 0, as dataset.window_starts; full frames), in physical units
 (mm/h, the inverse of the normalisation in the checkpoint's stats), and is scored where the
 target has coverage. Scores are exact over the whole split (contingency tables and sums are
 accumulated, metrics.py), per lead time:
-  categorical at evaluation.thresholds (event: value >= threshold, mm/h): csi, pod, far, hss,
-  ets, frequency_bias, accuracy, precision, f1; continuous: mse, mae, rmse, bias (mean error),
-  corr, pmse (metrics.pmse); FSS at evaluation.thresholds x evaluation.fss_windows.
+  categorical at evaluation.thresholds (event: value >= threshold, mm/h): csi, pod, far, hss
+  (standard Heidke), hss_half (= hss / 2: SmaAt-UNet's code and seed 004's table), ets,
+  frequency_bias, accuracy, precision, f1; continuous: mse, mae, rmse, bias (mean error), corr,
+  pmse (metrics.pmse: MSE of the step accumulation in (mm per step)^2, SmaAt-UNet's "mse_pixel");
+  FSS at evaluation.thresholds x evaluation.fss_windows.
 Writes <paths.outputs>/eval/<split>/metrics.json:
   {"thresholds": [...], "lead_minutes": [...], "fss_windows": [...], "split", "n_windows",
    "methods": {method: {"csi": {"1.0": [per lead]}, ..., "fss": {"1.0": {"5": [per lead]}},
                         "mse": [per lead], "mae": [per lead], ...}}}
 (threshold keys are str(float(t))), table.csv (one row per method and threshold, scores
-averaged over the leads, as seed 004's table) and verification plots (one PNG per score).
+averaged over the leads; columns in seed 004's order: pmse, accuracy, precision, recall, f1, csi,
+far, hss_half = the seed's "HSS", then hss, mse, mae) and verification plots (one PNG per score).
 
 Prediction (--predict): the raw case is placed on the time axis, gap-filled and normalised
 with the checkpoint's stats (preproc.py's steps, no new statistics), the model forecasts from
@@ -42,15 +46,17 @@ import config
 import metrics
 from atomic import atomic_path
 from config import UserError
+from dataset import window_starts
 from model import Lagrangian, build_model
-from normalization import check_store, denormalize_target, sample_starts, target_input_frames, window_steps
+from normalization import check_store, denormalize_target, target_input_frames, window_steps
 from preproc import EPOCH, NoCoverage, scan_case, write_case
 from training import load_checkpoint, pick_device
 
-CATEGORICAL = ("csi", "pod", "far", "hss", "ets", "frequency_bias", "accuracy", "precision", "f1")
+CATEGORICAL = ("csi", "pod", "far", "hss", "hss_half", "ets", "frequency_bias", "accuracy", "precision", "f1")
 CONTINUOUS = ("mse", "mae", "rmse", "bias", "corr", "pmse")
 PLOTTED = ("csi", "pod", "far", "hss", "fss", "mse", "mae")
-TABLE_COLUMNS = ("pmse", "accuracy", "precision", "recall", "f1", "csi", "far", "hss", "mse", "mae")
+# seed 004's columns in its order (its HSS is hss_half, SmaAt-UNet's convention), then the standard HSS, MSE, MAE
+TABLE_COLUMNS = ("pmse", "accuracy", "precision", "recall", "f1", "csi", "far", "hss_half", "hss", "mse", "mae")
 
 
 # --------------------------------------------------------------------------- forecasters
@@ -136,12 +142,11 @@ def score_split(forecaster, params, split, methods, batch_size, stride=1):
                metrics.ContinuousAccumulator(lead_axis=0, step_minutes=data["time_step_minutes"]),
                metrics.FSSAccumulator(evaluation["thresholds"], evaluation["fss_windows"], lead_axis=0))
            for m in methods}
-    windows = {}  # store name -> first input step of every valid window (reads only `valid`)
+    windows = {}  # store name -> first input step of every valid window (NL-50 filter: data.rain_filter_fraction)
     for name in stores:
         root = zarr.open_group(os.path.join(folder, name), mode="r")
         check_store(os.path.join(folder, name), root.attrs.asdict(), forecaster.stats, f"checkpoint {forecaster.source}")
-        valid = root["valid"][:]
-        windows[name] = sample_starts(valid, data)[::stride]
+        windows[name] = window_starts(root, data, forecaster.stats)[::stride]
     n_windows = sum(len(w) for w in windows.values())
     bar = tqdm(total=n_windows, desc=f"evaluate {split} ({', '.join(methods)})", unit="window")
     for name, starts in windows.items():
@@ -333,7 +338,9 @@ def main(argv=None):
     parser.add_argument("--batch_size", type=int, default=4, help="windows per model call (default: 4)")
     parser.add_argument("--stride", type=int, default=1,
                         help="score every N-th window of each case only, for a quick look (default: 1, all)")
-    config.add_override_flags(parser, [("--device", "training.device")])
+    config.add_override_flags(parser, [("--device", "training.device"),
+                                       ("--rain_filter_fraction", "data.rain_filter_fraction")])
+    config.add_protocol_arg(parser)
     parser.add_argument("--predict", metavar="RAW_CASE_DIR", help="forecast from this raw case instead of scoring")
     parser.add_argument("--t0", metavar="YYYYmmddHHMM", help="--predict: forecast from this time (default: the last)")
     parser.add_argument("--output", help="--predict: forecast file, .nc or .zarr "

@@ -131,6 +131,59 @@ def sample_starts(valid, data):
     return np.flatnonzero(ok).astype(np.int64)
 
 
+def frame_starts(valid, frames):
+    """First step s of every run of `frames` consecutive valid steps s .. s + frames - 1.
+
+    The windows of self-supervised pretraining (pretrain.py): inputs only, no target, so every
+    valid step of a case is in some window when its run of valid steps is at least `frames` long.
+    valid: bool (T,); frames >= 1. Returns int64 (N,) ascending.
+    """
+    valid = np.asarray(valid, dtype=bool)
+    if frames < 1:
+        raise ValueError(f"frames must be >= 1, got {frames}")
+    if len(valid) < frames:
+        return np.zeros(0, np.int64)
+    return np.flatnonzero(np.lib.stride_tricks.sliding_window_view(valid, frames).all(axis=1)).astype(np.int64)
+
+
+def rainy_fraction(frames, coverage=None, threshold=0.0):
+    """Fraction of covered pixels whose value exceeds `threshold` (strictly), per frame.
+
+    The count behind NL-50 (Trebing et al. 2021, SmaAt-UNet's create_datasets.py: a sample is kept
+    when at least 50 % of its target pixels have rain, `value > 0`).
+    frames: (..., H, W) physical values (mm/h); NaN counts as not covered.
+    coverage: bool broadcastable to frames (True = covered), or None (every finite pixel).
+    Returns float64 (...,): rainy covered pixels / covered pixels; NaN where no pixel is covered.
+    """
+    frames = np.asarray(frames, dtype=np.float64)
+    covered = np.isfinite(frames)
+    if coverage is not None:
+        covered &= np.broadcast_to(np.asarray(coverage, dtype=bool), frames.shape)
+    rainy = np.count_nonzero(covered & (np.where(covered, frames, 0.0) > threshold), axis=(-2, -1))
+    n = np.count_nonzero(covered, axis=(-2, -1))
+    out = np.full(np.shape(n), np.nan)
+    np.divide(rainy, n, out=out, where=n > 0)
+    return out
+
+
+def rainy_starts(starts, fractions, data, min_fraction):
+    """The sample starts whose every target frame has a rainy fraction >= min_fraction.
+
+    starts: int (N,) first input steps (from `sample_starts`); fractions: (T,) the case's rainy
+    fraction per step (`rainy_fraction`; NaN never passes); data: params["data"] (the windows, see
+    `window_steps`); min_fraction: 0.5 for NL-50, 0 keeps every start. Returns int64 (M,).
+    """
+    starts = np.asarray(starts, dtype=np.int64)
+    fractions = np.asarray(fractions, dtype=np.float64)
+    if min_fraction <= 0:
+        return starts
+    _, targets = window_steps(0, data)
+    offsets = np.arange(targets.start, targets.stop)
+    with np.errstate(invalid="ignore"):
+        ok = (fractions[starts[:, None] + offsets[None, :]] >= min_fraction).all(axis=1)
+    return starts[ok]
+
+
 # --------------------------------------------------------------------------- channels and stats
 def channel_list(params):
     """[(source, channel, transform)] of the inputs, in stored order."""

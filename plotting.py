@@ -8,6 +8,7 @@ Sea ice (maps on the file's own projection, offline coastlines):
 Nowcasting:
     plot_forecast_panels(inputs, target, prediction, lead_minutes, out_path)
     plot_forecast_maps(prediction, lead_minutes, out_path)  a forecast file alone (evaluate.py --predict)
+    plot_reconstruction(inputs, visible, reconstruction, out_path)   pretrain.py's masked patches
     plot_training_curves(log, out_path)                 train_log.csv of training.py
     plot_verification(metrics, score, out_path)         metrics.json of evaluate.py
 Downscaling:
@@ -650,6 +651,48 @@ def plot_forecast_maps(prediction, lead_minutes, out_path, coverage=None, max_le
     fig.colorbar(image, cax=fig.add_subplot(spec[0, len(shown)]), label="rain rate (mm/h)", extend="min")
     extra = f"; {len(shown)} of {prediction.shape[0]} lead times" if len(shown) < prediction.shape[0] else ""
     fig.suptitle(f"{title}\n(white: < 0.1 mm/h, grey: no forecast / no coverage{extra})", fontsize=10)
+    return save_figure(fig, out_path)
+
+
+def plot_reconstruction(inputs, visible, reconstruction, out_path, units="mm/h", title="Masked pretraining"):
+    """One row per sample: the input frame, the same with its masked patches hatched out, the
+    reconstruction (input at visible pixels, model output at masked ones).
+
+    inputs, reconstruction: (N, H, W) (rain rate in mm/h, or normalised values with units
+    "normalised"); visible: bool (N, H, W), True = the encoder saw the pixel. One colour scale
+    for every panel (log from 0.1 mm/h for mm/h). ValueError for mismatched shapes. Returns out_path.
+    """
+    inputs, reconstruction = np.asarray(inputs, dtype=np.float32), np.asarray(reconstruction, dtype=np.float32)
+    visible = np.asarray(visible, dtype=bool)
+    if inputs.ndim != 3 or inputs.shape != reconstruction.shape or inputs.shape != visible.shape:
+        raise ValueError(f"expected inputs, visible and reconstruction (N, H, W) of one shape; got "
+                         f"{inputs.shape}, {visible.shape}, {reconstruction.shape}")
+    n = inputs.shape[0]
+    width, height = FIGSIZE["forecast_panel"]
+    fig = _figure("forecast_panel", (width * 3 + 1.2, height * n + 0.7))
+    spec = fig.add_gridspec(n, 4, width_ratios=[1, 1, 1, 0.06], left=0.02, right=0.92,
+                            top=1 - 0.6 / (height * n + 0.7), bottom=0.02, wspace=0.08, hspace=0.2)
+    finite = np.concatenate([inputs[np.isfinite(inputs)], reconstruction[np.isfinite(reconstruction)], [0.0]])
+    if units == "mm/h":
+        cmap, norm = rain_cmap_norm(finite.max())
+    else:
+        cmap, norm = plt.get_cmap("viridis").with_extremes(bad=NAN_COLOUR), mcolors.Normalize(finite.min(), finite.max())
+    image = None
+    for row in range(n):
+        masked = np.where(visible[row], inputs[row], np.nan)
+        for col, (field, label) in enumerate([(inputs[row], "input"), (masked, "encoder sees (grey: masked)"),
+                                              (reconstruction[row], "reconstruction")]):
+            if isinstance(norm, mcolors.LogNorm):
+                field = np.where(np.isfinite(field) & (field < norm.vmin), norm.vmin / 10, field)
+            ax = fig.add_subplot(spec[row, col])
+            image = ax.imshow(field, cmap=cmap, norm=norm, interpolation="nearest")
+            if col == 2:
+                ax.contour(visible[row].astype(float), levels=[0.5], colors="red", linewidths=0.6)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(label, fontsize=9)
+    fig.colorbar(image, cax=fig.add_subplot(spec[:, 3]), label=f"rain rate ({units})" if units == "mm/h" else units)
+    fig.suptitle(f"{title}\n(red outline: masked patches, filled by the model)", fontsize=10)
     return save_figure(fig, out_path)
 
 

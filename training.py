@@ -32,6 +32,7 @@ bit on the CPU). A NaN or infinite loss stops the run with one line naming the e
 last.pt/best.pt still hold the last good epoch.
 """
 import argparse
+import collections
 import csv
 import json
 import math
@@ -308,9 +309,9 @@ def read_log(path, up_to_epoch):
         return [row for row in csv.DictReader(fh) if int(row["epoch"]) <= up_to_epoch]
 
 
-def write_log(path, rows):
+def write_log(path, rows, columns=LOG_COLUMNS):
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=LOG_COLUMNS)
+        writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
 
@@ -353,9 +354,9 @@ RUN_KEYS = ("task", "model", "data.inputs", "data.target", "data.transform", "da
             "data.lead_steps", "data.output_steps")
 
 
-def check_same_run(path, saved, params):
-    """UserError when a checkpoint was made with other settings than `params` in any of RUN_KEYS."""
-    for dotted in RUN_KEYS:
+def check_same_run(path, saved, params, keys=RUN_KEYS):
+    """UserError when a checkpoint was made with other settings than `params` in any of `keys`."""
+    for dotted in keys:
         key, before, now = first_difference(dotted, config.get_dotted(saved, dotted), config.get_dotted(params, dotted))
         if key is not None:
             raise UserError(f"{path}: made with {key} = {json.dumps(before)}, but the config has "
@@ -603,11 +604,55 @@ def final_test(params, task, model, progress, run):
     return out
 
 
+# --------------------------------------------------------------------------- fine-tuning
+def load_matching_weights(model, path):
+    """Copy into `model` the tensors of checkpoint `path` (its "model") whose name and shape match.
+
+    Returns {"loaded", "missing", "unexpected", "mismatched"}: lists of tensor names. missing: the
+    model's tensors not loaded (they keep their initialisation); unexpected: the checkpoint's
+    tensors not used; mismatched: the names in both with different shapes (in missing and
+    unexpected too). UserError when nothing matches.
+    """
+    saved, own = load_checkpoint(path)["model"], model.state_dict()
+    loaded = [k for k in saved if k in own and saved[k].shape == own[k].shape]
+    if not loaded:
+        raise UserError(f"training.init_weight: no tensor of {path} matches the model by name and shape")
+    model.load_state_dict({k: saved[k] for k in loaded}, strict=False)
+    return {"loaded": loaded, "missing": [k for k in own if k not in loaded],
+            "unexpected": [k for k in saved if k not in loaded],
+            "mismatched": [k for k in saved if k in own and saved[k].shape != own[k].shape]}
+
+
+def _by_module(names):
+    counts = collections.Counter(name.split(".")[0] for name in names)
+    return ", ".join(f"{module} {n}" for module, n in counts.items()) or "none"
+
+
+def start_from_pretrained(model, params, run, load_weights=True):
+    """training.init_weight: copy the matching weights (reported by module); training.freeze."""
+    training = params["training"]
+    if training["init_weight"] and load_weights:
+        report = load_matching_weights(model, training["init_weight"])
+        if run.main:
+            print(f"init_weight {training['init_weight']}: loaded {len(report['loaded'])} tensors "
+                  f"({_by_module(report['loaded'])}); missing {len(report['missing'])} ({_by_module(report['missing'])}); "
+                  f"unexpected {len(report['unexpected'])} ({_by_module(report['unexpected'])}); shape differs: "
+                  f"{', '.join(report['mismatched']) or 'none'}")
+    if training["freeze"] == "encoder":
+        if not hasattr(model, "freeze_encoder"):
+            raise UserError(f"training.freeze: 'encoder' needs a model with an encoder (spark_unet), "
+                            f"not model.name {params['model']['name']!r}")
+        model.freeze_encoder()
+
+
 # --------------------------------------------------------------------------- main
 FLAGS = [("--epochs", "training.epochs"), ("--batch_size", "training.batch_size"), ("--lr", "training.lr"),
          ("--steps_per_epoch", "training.steps_per_epoch"), ("--val_steps", "training.val_steps"),
          ("--seed", "training.seed"), ("--device", "training.device"), ("--num_workers", "training.num_workers"),
-         ("--task", "task"), ("--model", "model.name"), ("--compile", "training.compile")]
+         ("--task", "task"), ("--model", "model.name"), ("--compile", "training.compile"),
+         ("--init_weight", "training.init_weight", {"metavar": "PRETRAINED.pt"}), ("--freeze", "training.freeze"),
+         ("--densify_norm", "model.spark_unet.densify_norm"), ("--transition", "model.spark_unet.transition"),
+         ("--cpu_minutes", "training.cpu_minutes"), ("--rain_filter_fraction", "data.rain_filter_fraction")]
 
 
 def parse_args(argv):
@@ -616,6 +661,7 @@ def parse_args(argv):
     config.add_config_arg(parser)
     parser.add_argument("--resume", action="store_true", help="continue from <paths.checkpoints>/last.pt")
     config.add_override_flags(parser, FLAGS)
+    config.add_protocol_arg(parser)
     parser.add_argument("--skip_test", action="store_true", help="do not test the best model after training")
     return parser.parse_args(argv)
 
@@ -630,6 +676,7 @@ def main(argv=None):
     # 3. the model (the loss is task.loss; AdamW and ReduceLROnPlateau are made by fit)
     seed_everything(params["training"]["seed"])
     model = build_model(params, task.in_channels, task.stats).to(run.device)
+    start_from_pretrained(model, params, run, load_weights=not args.resume)
     # 4. the epochs: train, validate, adjust the learning rate, keep the best checkpoint
     try:
         progress = fit(params, task, model, run, resume_run=args.resume)

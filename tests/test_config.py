@@ -184,7 +184,7 @@ def test_override_flags_take_type_choices_and_default_from_the_schema(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "samples per step (default: training.batch_size in params.json, 8)" in text
     assert "--batch_size BATCH_SIZE, --batch-size BATCH_SIZE" in text  # the hyphenated alias too
-    assert "{convlstm_unet,encoder_forecaster}" in text and "--compile, --no-compile" in text
+    assert "{convlstm_unet,encoder_forecaster,smaat_unet,spark_unet}" in text and "--compile, --no-compile" in text
     args = parser.parse_args(["--batch-size", "3", "--compile", "--thresholds", "1", "2", "-o", "d"])
     overrides = config.overrides_from(args)
     assert overrides == {"training.batch_size": 3, "sea_ice.start_date": None, "training.compile": True,

@@ -88,6 +88,17 @@ def test_table_and_plots(evaluated):
         assert os.path.getsize(os.path.join(evaluated["out"], f"{score}.png")) > 1000
 
 
+def test_table_columns_follow_the_seed_and_give_both_hss(evaluated):
+    with open(os.path.join(evaluated["out"], "table.csv")) as fh:
+        rows = list(csv.DictReader(fh))
+    # seed 004: pMSE, Accuracy, Precision, Recall, F1, CSI, FAR, HSS (SmaAt-UNet's half value)
+    assert list(rows[0])[:10] == ["method", "threshold_mm_h", "pmse", "accuracy", "precision", "recall", "f1",
+                                  "csi", "far", "hss_half"]
+    for row in rows:
+        if row["hss"] not in ("", "nan"):
+            assert float(row["hss_half"]) == pytest.approx(float(row["hss"]) / 2, abs=1e-4)
+
+
 def test_predict_writes_a_forecast_file(trained, raw_cases, tmp_path):
     case = sorted(raw_cases["cases"])[1]
     out = tmp_path / "forecast.nc"

@@ -51,6 +51,31 @@ def test_categorical_scores_by_hand():
         assert s[key] == pytest.approx(value, abs=1e-12), key
 
 
+def test_both_hss_conventions_by_hand():
+    # H=3, M=2, F=4, R=11. Standard (Heidke; pysteps): 2(HR - FM) / ((H+M)(M+R) + (H+F)(F+R))
+    #   = 2 (33 - 8) / (5*13 + 7*15) = 50 / 170. SmaAt-UNet's calc_metrics_test_set.py (seed 004's table):
+    #   (tp tn - fn fp) / ((tp+fn)(fn+tn) + (tp+fp)(fp+tn)) = 25 / 170.
+    s = metrics.categorical_scores({"hits": 3, "misses": 2, "false_alarms": 4, "correct_negatives": 11})
+    assert s["hss"] == pytest.approx(50 / 170, abs=1e-15)
+    assert s["hss_half"] == pytest.approx(25 / 170, abs=1e-15)
+    # perfect forecast of 5 events in 10 pixels: standard 1, the seed's convention 0.5; random-like: 0 and 0
+    perfect = metrics.categorical_scores({"hits": 5, "misses": 0, "false_alarms": 0, "correct_negatives": 5})
+    assert (perfect["hss"], perfect["hss_half"]) == (1.0, 0.5)
+    chance = metrics.categorical_scores({"hits": 1, "misses": 1, "false_alarms": 1, "correct_negatives": 1})
+    assert (chance["hss"], chance["hss_half"]) == (0.0, 0.0)
+    # on HAND_PRED/HAND_OBS (H=2, M=1, F=1, R=5): 2(10 - 1) / (3*6 + 3*6) = 0.5 and 0.25
+    hand = metrics.categorical(HAND_PRED, HAND_OBS, 1.0)
+    assert (hand["hss"], hand["hss_half"]) == (pytest.approx(0.5), pytest.approx(0.25))
+
+
+def test_pmse_of_the_seed_table_by_hand():
+    # rain rates 12 and 0 mm/h over 5 minutes are 1 mm and 0 mm: errors of 1 mm and 0.5 mm per 5 min
+    # on 2 of 4 pixels -> pMSE = (1 + 0.25) / 4 (mm per 5 min)^2
+    pred = np.array([[12.0, 6.0], [3.0, 3.0]])
+    obs = np.array([[0.0, 0.0], [3.0, 3.0]])
+    assert metrics.pmse(pred, obs) == pytest.approx(1.25 / 4)
+
+
 def test_categorical_asymmetric_table_by_hand():
     # H=3, M=2, F=4, R=11 (N=20)
     table = {"hits": 3, "misses": 2, "false_alarms": 4, "correct_negatives": 11}

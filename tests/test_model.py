@@ -256,6 +256,161 @@ def test_registry_errors_name_what_is_valid():
         model.get_model("encoder_forecaster", output_steps=1)
 
 
+# --------------------------------------------------------------------------- seed 004: SmaAt-UNet, spark_unet
+def frame_stacking_models(output_steps, input_steps, in_channels=2):
+    return {
+        "smaat": model.SmaAtUNet(in_channels, output_steps, input_steps, base_channels=4, depth=4, reduction=2),
+        "smaat_depth1": model.SmaAtUNet(in_channels, output_steps, input_steps, base_channels=4, depth=1),
+        "spark18": model.SparKUNet(in_channels, output_steps, input_steps, base_width=4, decoder_width=32),
+        "spark50_conv": model.SparKUNet(in_channels, output_steps, input_steps, arch="resnet50", base_width=2,
+                                        decoder_width=32, transition="conv", densify_norm="ln"),
+    }
+
+
+@pytest.mark.parametrize("T, H, W, output_steps", [(1, 32, 32, 1), (3, 13, 9, 2), (12, 40, 70, 1), (2, 1, 7, 3)])
+def test_frame_stacking_model_shapes(T, H, W, output_steps):
+    x = torch.randn(2, T, 2, H, W)
+    for name, net in frame_stacking_models(output_steps, T).items():
+        y = net(x)
+        assert y.shape == (2, output_steps, 1, H, W), name
+        assert torch.isfinite(y).all(), name
+
+
+@pytest.mark.parametrize("name", ["smaat", "spark18"])
+def test_frame_stacking_models_pad_with_zeros_and_crop_back(name):
+    torch.manual_seed(8)
+    net = frame_stacking_models(2, 3)[name].double().eval()   # eval: BatchNorm uses its running statistics
+    x = torch.randn(2, 3, 2, 21, 37, dtype=torch.float64)
+    multiple = 8 if name == "smaat" else 32                    # 2**(depth - 1); the ResNet's stride
+    padded = F.pad(x, (0, -37 % multiple, 0, -21 % multiple))  # (CBAM pools over the padded frame too)
+    torch.testing.assert_close(net(x), net(padded)[..., :21, :37])
+
+
+def test_frames_are_stacked_as_channels_in_time_order():
+    torch.manual_seed(9)
+    net = model.SmaAtUNet(2, 1, 3, base_channels=4, depth=2).eval()
+    x = torch.randn(1, 3, 2, 8, 8)
+    stacked = x.reshape(1, 6, 8, 8)
+    first = net.inc[0].depthwise   # the first layer sees frame t's channel c at channel 2 t + c
+    assert first.groups == first.in_channels == 6
+    hooked = {}
+    net.inc[0].register_forward_hook(lambda m, inputs, out: hooked.update(x=inputs[0]))
+    net(x)
+    torch.testing.assert_close(hooked["x"], stacked)
+
+
+def test_resnet_layouts_have_torchvision_parameter_counts():
+    # torchvision resnet18 / resnet50 (3 input channels): 11,689,512 / 25,557,032 parameters, of which the
+    # 1000-class fc layer has 513,000 / 2,049,000 (published counts of torchvision.models)
+    assert model.count_parameters(model.ResNetEncoder(3, "resnet18", 64)) == 11_689_512 - 513_000
+    assert model.count_parameters(model.ResNetEncoder(3, "resnet50", 64)) == 25_557_032 - 2_049_000
+    r50 = model.ResNetEncoder(3, "resnet50", 64)
+    assert [len(getattr(r50, f"layer{i}")) for i in range(1, 5)] == [3, 4, 6, 3]
+    assert r50.channels == [256, 512, 1024, 2048]
+    assert r50.layer2[0].conv2.stride == (2, 2) and r50.layer2[0].conv1.stride == (1, 1)   # torchvision v1.5
+    names = set(model.ResNetEncoder(3, "resnet18", 8).state_dict())
+    assert {"conv1.weight", "bn1.running_mean", "layer1.0.conv1.weight", "layer2.0.downsample.0.weight",
+            "layer4.1.bn2.weight"} <= names and "layer1.0.downsample.0.weight" not in names
+
+
+def test_resnet_feature_strides():
+    features = model.ResNetEncoder(5, "resnet18", 4)(torch.randn(1, 5, 64, 96))
+    assert [tuple(f.shape) for f in features] == [(1, 4, 16, 24), (1, 8, 8, 12), (1, 16, 4, 6), (1, 32, 2, 3)]
+
+
+def test_cbam_matches_its_formula():
+    torch.manual_seed(10)
+    cbam = model.CBAM(8, reduction=4).double()
+    randomise(cbam, 3)
+    x = torch.randn(2, 8, 5, 6, dtype=torch.float64)
+    w1, w2 = cbam.mlp[0].weight[:, :, 0, 0], cbam.mlp[2].weight[:, :, 0, 0]   # (2, 8), (8, 2)
+
+    def mlp(v):                                                               # v (B, 8)
+        return torch.relu(v @ w1.T) @ w2.T
+    channel = torch.sigmoid(mlp(x.mean((2, 3))) + mlp(x.amax((2, 3))))[:, :, None, None]
+    y = x * channel
+    spatial = torch.sigmoid(F.conv2d(torch.stack([y.mean(1), y.amax(1)], 1), cbam.spatial.weight, padding=3))
+    torch.testing.assert_close(cbam(x), y * spatial)
+
+
+def test_depthwise_step_equals_the_grouped_convolution():
+    torch.manual_seed(13)
+    conv = model.DepthwiseSeparableConv(3, 5, kernels_per_layer=2).double()
+    x = torch.randn(2, 3, 7, 6, dtype=torch.float64)
+    torch.testing.assert_close(conv(x), conv.pointwise(conv.depthwise(x)))   # nn.Conv2d(groups=3) itself
+
+
+def test_smaat_convolutions_are_depthwise_separable_with_attention_on_every_skip():
+    net = model.SmaAtUNet(1, 1, 12)            # the paper's sizes: base 64, depth 5
+    depthwise = [m for m in net.modules() if isinstance(m, model.DepthwiseSeparableConv)]
+    assert depthwise and all(m.depthwise.groups == m.depthwise.in_channels and
+                             m.depthwise.out_channels == 2 * m.depthwise.in_channels and
+                             m.pointwise.kernel_size == (1, 1) for m in depthwise)
+    assert [c.mlp[0].in_channels for c in net.attention] == [64, 128, 256, 512, 512]
+    assert not [m for m in net.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)
+                and m.groups == 1]                                   # no full 3x3 convolution anywhere
+
+
+def test_linear_a_transition_starts_as_the_identity():
+    torch.manual_seed(11)
+    plain = model.SparKUNet(1, 2, 4, base_width=4, decoder_width=32, transition="none").eval()
+    linear = model.SparKUNet(1, 2, 4, base_width=4, decoder_width=32, transition="linearA").eval()
+    result = linear.load_state_dict(plain.state_dict(), strict=False)
+    assert sorted(result.missing_keys) == sorted(f"transition.maps.{k}.{p}" for k in range(4) for p in ("weight", "bias"))
+    x = torch.randn(2, 4, 1, 32, 64)
+    torch.testing.assert_close(linear(x), plain(x))
+    assert len(linear.transition.maps) == 4 and linear.transition.maps[0].kernel_size == (1, 1)
+
+
+@pytest.mark.parametrize("name", ["smaat", "spark18", "spark50_conv"])
+def test_frame_stacking_models_train(name):
+    torch.manual_seed(12)
+    net = frame_stacking_models(1, 3)[name]
+    x = torch.randn(4, 3, 2, 32, 32)
+    y = x[:, -1:, :1] * 0.5
+    F.mse_loss(net(x), y).backward()
+    # mask tokens serve pretraining only; a "conv" transition's first conv gets a gradient once its last
+    # conv (initialised to 0, so that the transition starts as the identity) has moved
+    unused = {n for n, _ in net.named_parameters() if n.startswith("mask_tokens") or ".maps." in n and ".0." in n}
+    for pname, p in net.named_parameters():
+        if pname not in unused:
+            assert p.grad is not None and p.grad.abs().max() > 0, pname
+    optimiser = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    before = F.mse_loss(net(x), y)
+    optimiser.zero_grad()
+    before.backward()
+    optimiser.step()
+    with torch.no_grad():
+        assert F.mse_loss(net(x), y) < before
+
+
+def test_frame_stacking_models_reject_bad_shapes_and_options():
+    net = model.SmaAtUNet(2, 1, 3, base_channels=4, depth=2)
+    with pytest.raises(ValueError, match=r"expected input of shape \(B, 3, 2, H, W\)"):
+        net(torch.randn(1, 4, 2, 8, 8))
+    with pytest.raises(ValueError, match="unknown arch 'resnet34'"):
+        model.SparKUNet(1, 1, 3, arch="resnet34")
+    with pytest.raises(ValueError, match="decoder_width must be a multiple of 32"):
+        model.SparKUNet(1, 1, 3, decoder_width=48)
+    with pytest.raises(ValueError, match="unknown kind 'linearB'"):
+        model.SparKUNet(1, 1, 3, transition="linearB")
+    with pytest.raises(ValueError, match="expected positive ints, got depth=0"):
+        model.SmaAtUNet(1, 1, 3, depth=0)
+
+
+def test_registry_gives_frame_stacking_models_their_input_steps(params):
+    params["data"]["input_steps"] = 5
+    params["model"]["smaat_unet"]["base_channels"] = 4
+    params["model"]["spark_unet"].update(base_width=4, decoder_width=32)
+    for name, cls in [("smaat_unet", model.SmaAtUNet), ("spark_unet", model.SparKUNet)]:
+        params["model"]["name"] = name
+        net = model.build_model(params, in_channels=2)
+        assert type(net) is cls and net.input_steps == 5 and net.output_steps == params["data"]["output_steps"]
+        assert net.eval()(torch.randn(1, 5, 2, 16, 16)).shape == (1, params["data"]["output_steps"], 1, 16, 16)
+    with pytest.raises(config.UserError, match="input_steps must be given"):
+        model.get_model("smaat_unet", in_channels=1, output_steps=1)
+
+
 # --------------------------------------------------------------------------- Lagrangian forecasts
 def lagrangian_case(seed=0, shape=(36, 44), n_inputs=4):
     """Normalised input frames of two moving rain cells (log1p, max 3.2) and their stats-like target."""

@@ -1,0 +1,362 @@
+"""Self-supervised masked pretraining of the spark_unet encoder-decoder (seed 004, SpaT-SparK).
+
+    python pretrain.py [--config params.json] [--model resnet18] [--in_channels 12] [--bs 16] [--mask 0.3]
+                       [--mask_mode spatial|spatiotemporal] [--ep 10] [--wp_ep 1] [--base_lr 2e-4]
+                       [--weight_decay 0.05] [--exp_name NAME] [--resume]
+    python training.py --init_weight <paths.checkpoints>/NAME/best.pt --freeze no      # then fine-tune
+
+Masked image modelling in the manner of SparK (Tian et al., ICLR 2023), on windows of consecutive
+radar frames stacked as channels (Li, Siebes and Mehrkanoon 2024, arXiv:2412.15917):
+- Data: every valid frame of the training cases (<paths.processed_data>/train/*.zarr, inputs only,
+  no target needed): windows of in_channels / C consecutive valid steps (C = channels of
+  data.inputs), data.patch_size crops (a multiple of 32), rainy crops preferred as in dataset.py.
+  The val split's stores are the held-out frames scored every epoch (centre crops, fixed masks).
+- Masking: the crop is cut into 32 x 32-pixel patches (the encoder's coarsest stride); in every
+  sample exactly round(n_patches x (1 - mask)) patches stay visible (at least one), the others are
+  masked. --mask_mode spatial masks the same patches in every frame; spatiotemporal draws them
+  independently per frame (and counts `mask` per frame).
+- Encoder: sees only the visible patches: masked pixels are 0, and every feature map is re-masked
+  after every convolution and pooling with batch-norm statistics from visible positions only (an
+  emulation of sparse convolution, model.ResNetEncoder). A position visible in any frame is
+  encoded (spatiotemporal masking leaves the other frames' pixels there at 0).
+- Decoder: masked positions of every scale are filled with a learned mask token (densify), and the
+  light U-Net decoder reconstructs all frames (model.SparKUNet.reconstruct).
+- Loss (`masked_patch_loss`): on masked (frame, patch) pairs only, mean squared error against the
+  target normalised per patch: (x - mean) / sqrt(var + 1e-6), mean and variance over the 32 x 32
+  values of each channel of that frame's patch (per channel, unlike SparK's joint RGB patches:
+  radar and NWP fields have unrelated scales). Predicting any constant per patch and channel
+  scores the "constant level" = the share of masked patch-channels that are not constant (dry
+  radar patches are constant): the log reports it beside the held-out loss, as the level to beat
+  (predicting the visible mean, or any other constant, can only score worse).
+- Optimiser: AdamW, lr = base_lr x bs / 256, linear warm-up over wp_ep epochs then cosine decay to
+  0 (per step), weight decay `weight_decay`.
+Outputs: <paths.checkpoints>/<exp_name>/last.pt (every epoch; --resume continues from it, bit for
+bit on the CPU: each epoch reseeds from (training.seed, epoch)) and best.pt (lowest held-out
+loss), both loadable by training.py --init_weight; <paths.outputs>/<exp_name>/pretrain_log.csv
+and reconstruction.png (input, masked input, reconstruction of held-out windows).
+"""
+import argparse
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+import config
+from config import UserError
+from dataset import FrameWindowDataset
+from model import SparKUNet, count_parameters
+from normalization import load_stats, target_input_frames
+from training import (Diverged, check_same_run, load_checkpoint, pick_device, read_log, rng_states, save_checkpoint,
+                      seed_everything, write_log)
+
+STRIDE = SparKUNet.stride
+VAL_MASK_SEED = 7919  # held-out masks: torch.Generator seeded by training.seed + this, the same every epoch
+RUN_KEYS = ("model.spark_unet", "data.inputs", "data.transform", "data.patch_size", "pretraining.in_channels",
+            "pretraining.bs", "pretraining.mask", "pretraining.mask_mode", "pretraining.ep", "pretraining.wp_ep",
+            "pretraining.base_lr", "pretraining.weight_decay", "pretraining.steps_per_epoch")  # --resume checks these
+LOG_COLUMNS = ("epoch", "train_loss", "val_loss", "val_constant_level", "lr", "seconds", "cpu_seconds",
+               "samples_per_s")
+FLAGS = (
+    ("--model", "model.spark_unet.arch", {"type": lambda v: v.split("_chan")[0],
+                                          "help": "encoder layout; the seed's resnet18_chan12 means resnet18"}),
+    ("--in_channels", "pretraining.in_channels"), ("--bs", "pretraining.bs"), ("--mask", "pretraining.mask"),
+    ("--mask_mode", "pretraining.mask_mode"), ("--ep", "pretraining.ep"), ("--wp_ep", "pretraining.wp_ep"),
+    ("--base_lr", "pretraining.base_lr"), ("--weight_decay", "pretraining.weight_decay"),
+    ("--exp_name", "pretraining.exp_name"), ("--steps_per_epoch", "pretraining.steps_per_epoch"),
+    ("--val_steps", "pretraining.val_steps"), ("--densify_norm", "model.spark_unet.densify_norm"),
+    ("--seed", "training.seed"), ("--device", "training.device"), ("--num_workers", "training.num_workers"),
+)
+
+
+# --------------------------------------------------------------------------- masking and loss
+def random_visible(batch, frames, grid, ratio, mode="spatial", generator=None):
+    """Random patch masks: (batch, frames, h, w) bool, True = visible.
+
+    grid: (h, w) patches; ratio: fraction masked, 0 <= ratio < 1. In every sample (every frame of
+    every sample for mode "spatiotemporal") exactly keep = max(1, round(h * w * (1 - ratio)))
+    patches are visible, drawn uniformly without replacement (torch.rand + argsort, as SparK);
+    "spatial" repeats one draw per sample through the frames. generator: a torch.Generator or None
+    (the global RNG). ValueError for a bad ratio or mode.
+    """
+    if not 0 <= ratio < 1 or mode not in ("spatial", "spatiotemporal"):
+        raise ValueError(f"random_visible: expected 0 <= ratio < 1 and mode spatial|spatiotemporal, "
+                         f"got {ratio}, {mode!r}")
+    h, w = grid
+    keep = max(1, round(h * w * (1 - ratio)))
+    draws = batch if mode == "spatial" else batch * frames
+    order = torch.rand(draws, h * w, generator=generator).argsort(dim=1)[:, :keep]
+    visible = torch.zeros(draws, h * w, dtype=torch.bool).scatter_(1, order, True)
+    visible = visible.view(batch, -1, h, w)
+    return visible.expand(batch, frames, h, w).contiguous()
+
+
+def patchify(x, patch):
+    """(B, T, C, H, W) -> (B, T, H / patch, W / patch, C * patch * patch): each frame's patches."""
+    B, T, C, H, W = x.shape
+    x = x.reshape(B, T, C, H // patch, patch, W // patch, patch).permute(0, 1, 3, 5, 2, 4, 6)
+    return x.reshape(B, T, H // patch, W // patch, C * patch * patch)
+
+
+def normalised_patches(x, patch, eps=1e-6):
+    """SparK's per-patch normalised targets, per channel: patchify(x), then (x - mean) / sqrt(var +
+    eps) with the mean and (population) variance over the patch * patch values of each channel.
+    x: (B, T, C, H, W). Returns (normalised (B, T, h, w, C * patch * patch), mean and std, both
+    broadcastable to it)."""
+    patches = patchify(x, patch)
+    per_channel = patches.reshape(*patches.shape[:-1], x.shape[2], patch * patch)
+    mean = per_channel.mean(-1, keepdim=True)
+    std = torch.sqrt(per_channel.var(-1, keepdim=True, unbiased=False) + eps)
+    expand = lambda v: v.expand_as(per_channel).reshape(patches.shape)  # noqa: E731
+    return (patches - expand(mean)) / expand(std), expand(mean), expand(std)
+
+
+def masked_patch_loss(reconstruction, target, visible, patch=STRIDE):
+    """Mean over masked (frame, patch) pairs of the mean squared error between the reconstruction
+    and the target normalised per patch and channel (SparK, Tian et al. 2023, Sect. 3.4, with
+    normalised patches as in MAE).
+
+    reconstruction, target: (B, T, C, H, W); visible: (B, T, H / patch, W / patch) bool. Visible
+    patches carry no weight whatever their values. 0 when nothing is masked.
+    """
+    normalised, _, _ = normalised_patches(target, patch)
+    per_patch = ((patchify(reconstruction, patch) - normalised) ** 2).mean(-1)   # (B, T, h, w)
+    masked = (~visible).to(per_patch.dtype)
+    return (per_patch * masked).sum() / masked.sum().clamp(min=1)
+
+
+def unpatchify(patches, shape, patch):
+    """Inverse of patchify: (B, T, h, w, C * patch * patch) -> shape (B, T, C, H, W)."""
+    B, T, C, H, W = shape
+    x = patches.reshape(B, T, H // patch, W // patch, C, patch, patch).permute(0, 1, 4, 2, 5, 3, 6)
+    return x.reshape(shape)
+
+
+def lr_at(step, total_steps, warmup_steps, peak):
+    """Learning rate of step `step` (0-based): linear warm-up peak * (step + 1) / warmup_steps over
+    the first warmup_steps steps, then cosine decay peak * (1 + cos(pi * progress)) / 2 reaching 0
+    at total_steps."""
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return peak * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+# --------------------------------------------------------------------------- setup
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description="\n\n".join(__doc__.split("\n\n")[:2]),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    config.add_config_arg(parser)
+    config.add_override_flags(parser, FLAGS)
+    config.add_protocol_arg(parser)
+    parser.add_argument("--resume", action="store_true", help="continue from <paths.checkpoints>/<exp_name>/last.pt")
+    return parser.parse_args(argv)
+
+
+def frames_per_window(params, stats):
+    """Frames T stacked per sample: pretraining.in_channels / C (C = channels of data.inputs)."""
+    channels = len(stats["channels"])
+    wanted = params["pretraining"]["in_channels"] or params["data"]["input_steps"] * channels
+    if wanted % channels:
+        raise UserError(f"pretraining.in_channels: {wanted} is not a multiple of the {channels} input channels "
+                        f"{stats['channels']}")
+    if params["data"]["patch_size"] % STRIDE:
+        raise UserError(f"data.patch_size: pretraining needs a multiple of {STRIDE} (the encoder's stride), "
+                        f"got {params['data']['patch_size']}")
+    return wanted // channels
+
+
+def build(params, stats, frames):
+    """The pretraining network: model.spark_unet's options, reconstructing all frames, no translation."""
+    cfg = dict(params["model"]["spark_unet"], transition="none")
+    channels = len(stats["channels"])
+    return SparKUNet(channels, frames * channels, frames, **cfg)
+
+
+def make_loaders(params, frames):
+    """The training windows (a dataset: `batches` shuffles it) and a loader of the held-out windows
+    (the val split's stores, centre crops, one fixed order)."""
+    pre, processed = params["pretraining"], params["paths"]["processed_data"]
+    train = FrameWindowDataset(os.path.join(processed, "train"), params, frames, train=True)
+    val = FrameWindowDataset(os.path.join(processed, "val"), params, frames, train=False)
+    common = dict(batch_size=pre["bs"], num_workers=params["training"]["num_workers"])
+    val_order = np.random.default_rng(params["training"]["seed"]).permutation(len(val)).tolist()
+    return train, DataLoader(val, sampler=val_order, **common)
+
+
+def batches(dataset, params, epoch):
+    """Shuffled training batches without end; pass p of epoch e shuffles with seed (seed, e, p)."""
+    pre = params["pretraining"]
+    for p in range(10 ** 9):
+        generator = torch.Generator().manual_seed(params["training"]["seed"] * 1000003 + epoch * 100003 + p)
+        loader = DataLoader(dataset, batch_size=pre["bs"], shuffle=True, generator=generator,
+                            drop_last=len(dataset) >= pre["bs"], num_workers=params["training"]["num_workers"])
+        for batch in loader:
+            yield batch["x"]
+
+
+# --------------------------------------------------------------------------- train / validate
+def train_epoch(model, dataset, optimizer, params, epoch, step, device):
+    """One epoch of pretraining.steps_per_epoch steps. Returns (mean loss, samples, new step)."""
+    pre = params["pretraining"]
+    amp = params["training"]["amp"] and device.type == "cuda"
+    total_steps = pre["ep"] * pre["steps_per_epoch"]
+    peak = pre["base_lr"] * pre["bs"] / 256
+    model.train()
+    total, n_samples, source = 0.0, 0, batches(dataset, params, epoch)
+    bar = tqdm(range(pre["steps_per_epoch"]), desc=f"pretrain epoch {epoch + 1}/{pre['ep']}", unit="step", leave=False)
+    for _ in bar:
+        x = next(source).to(device)
+        B, T, _, H, W = x.shape
+        visible = random_visible(B, T, (H // STRIDE, W // STRIDE), pre["mask"], pre["mask_mode"]).to(device)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, total_steps, pre["wp_ep"] * pre["steps_per_epoch"], peak)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            reconstruction = model.reconstruct(x, visible)
+        loss = masked_patch_loss(reconstruction.float(), x, visible)
+        step += 1
+        if not torch.isfinite(loss):
+            raise Diverged(f"loss is {loss.item()} at epoch {epoch + 1}, step {step}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.item()
+        n_samples += B
+        bar.set_postfix(loss=f"{loss.item():.4g}")
+    return total / pre["steps_per_epoch"], n_samples, step
+
+
+@torch.no_grad()
+def validate(model, loader, params, device):
+    """(held-out loss, constant level) over the first pretraining.val_steps batches, fixed masks."""
+    model.eval()
+    generator = torch.Generator().manual_seed(params["training"]["seed"] + VAL_MASK_SEED)
+    sums = np.zeros(3)
+    for i, batch in enumerate(loader):
+        if i >= params["pretraining"]["val_steps"]:
+            break
+        x = batch["x"].to(device)
+        B, T, _, H, W = x.shape
+        visible = random_visible(B, T, (H // STRIDE, W // STRIDE), params["pretraining"]["mask"],
+                                 params["pretraining"]["mask_mode"], generator).to(device)
+        n = float((~visible).sum())
+        sums += [masked_patch_loss(model.reconstruct(x, visible).float(), x, visible).item() * n,
+                 masked_patch_loss(torch.zeros_like(x), x, visible).item() * n, n]
+    return sums[0] / max(sums[2], 1), sums[1] / max(sums[2], 1)
+
+
+# --------------------------------------------------------------------------- panels, log, main
+@torch.no_grad()
+def reconstruction_panels(model, loader, params, stats, device, out_path, n_samples=3):
+    """PNG of the rainiest held-out windows (most input among the first val_steps batches): last input
+    frame, the same with its masked patches, reconstruction.
+
+    The reconstruction shows the input at visible patches and, at masked ones, the model's output
+    un-normalised with the true patch mean and std (SparK's visualisation: the loss ignores a
+    patch's mean and scale, so only the structure inside a masked patch is the model's)."""
+    import plotting
+    model.eval()
+    windows = [b["x"] for _, b in zip(range(params["pretraining"]["val_steps"]), loader)]
+    windows = torch.cat(windows)
+    x = windows[windows[:, -1].mean(dim=(1, 2, 3)).argsort(descending=True)[:n_samples]].to(device)
+    B, T, C, H, W = x.shape
+    generator = torch.Generator().manual_seed(params["training"]["seed"] + VAL_MASK_SEED)
+    visible = random_visible(B, T, (H // STRIDE, W // STRIDE), params["pretraining"]["mask"],
+                             params["pretraining"]["mask_mode"], generator).to(device)
+    rec = model.reconstruct(x, visible).float()
+    _, mean, std = normalised_patches(x, STRIDE)
+    filled = unpatchify(patchify(rec, STRIDE) * std + mean, x.shape, STRIDE)
+    pixels = visible.repeat_interleave(STRIDE, -2).repeat_interleave(STRIDE, -1)[:, :, None]
+    shown = torch.where(pixels, x, filled)
+    inputs, recon = target_input_frames(x[:, -1:], stats), target_input_frames(shown[:, -1:], stats)
+    units = "mm/h"
+    if inputs is None:  # the target is no input: show channel 0, normalised
+        inputs, recon, units = x[:, -1:, 0], shown[:, -1:, 0], "normalised"
+    mode = params["pretraining"]["mask_mode"]
+    return plotting.plot_reconstruction(
+        inputs[:, 0].cpu().numpy(), pixels[:, -1, 0].cpu().numpy(), recon[:, 0].cpu().numpy(), out_path, units=units,
+        title=f"Masked pretraining: last of {T} frames, {params['pretraining']['mask']:g} of the patches masked ({mode})")
+
+
+def run_epochs(model, optimizer, train_set, val_loader, params, stats, device, files, start):
+    """The epoch loop; checkpoints and log rows written after every epoch. Returns the last epoch run."""
+    pre, seed = params["pretraining"], params["training"]["seed"]
+    last_path, best_path, log_path = files
+    epoch, step, best_val, rows = start
+    for epoch in range(epoch, pre["ep"]):
+        seed_everything(seed * 1000003 + epoch)
+        train_set.set_epoch(epoch)
+        wall, cpu = time.time(), time.process_time()
+        train_loss, n_samples, step = train_epoch(model, train_set, optimizer, params, epoch, step, device)
+        val_loss, level = validate(model, val_loader, params, device)
+        seconds, cpu_seconds = time.time() - wall, time.process_time() - cpu
+        improved = val_loss < best_val
+        best_val = min(best_val, val_loss)
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
+                 "step": step, "rng": rng_states(), "params": params, "stats": stats, "best_val": best_val,
+                 "val_loss": val_loss, "in_channels": len(stats["channels"]), "input_steps": model.input_steps,
+                 "kind": "spark_pretraining"}
+        save_checkpoint(last_path, state)
+        if improved:
+            save_checkpoint(best_path, state)
+        rows.append({"epoch": epoch + 1, "train_loss": f"{train_loss:.6g}", "val_loss": f"{val_loss:.6g}",
+                     "val_constant_level": f"{level:.6g}", "lr": f"{optimizer.param_groups[0]['lr']:.6g}",
+                     "seconds": f"{seconds:.2f}", "cpu_seconds": f"{cpu_seconds:.2f}",
+                     "samples_per_s": f"{n_samples / seconds:.2f}"})
+        write_log(log_path, rows, LOG_COLUMNS)
+        print(f"epoch {epoch + 1}/{pre['ep']}: train {train_loss:.4g}  held-out {val_loss:.4g} (constant level "
+              f"{level:.4g})  lr {optimizer.param_groups[0]['lr']:.3g}  {seconds:.1f} s, {cpu_seconds:.1f} CPU s  "
+              f"{n_samples / seconds:.1f} samples/s{'  (best)' if improved else ''}")
+    return epoch
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    params = config.load_params(args.config, config.overrides_from(args))
+    pre, paths = params["pretraining"], params["paths"]
+    stats = load_stats(paths["processed_data"])
+    frames = frames_per_window(params, stats)
+    device = pick_device(params["training"]["device"])
+    seed_everything(params["training"]["seed"])
+    model = build(params, stats, frames).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.0, weight_decay=pre["weight_decay"])
+    ckpt_dir, out_dir = (os.path.join(paths[k], pre["exp_name"]) for k in ("checkpoints", "outputs"))
+    last_path, best_path = os.path.join(ckpt_dir, "last.pt"), os.path.join(ckpt_dir, "best.pt")
+    log_path = os.path.join(out_dir, "pretrain_log.csv")
+    start = (0, 0, math.inf, [])
+    if args.resume:
+        state = load_checkpoint(last_path)
+        if state.get("kind") != "spark_pretraining":
+            raise UserError(f"{last_path}: not a pretrain.py checkpoint")
+        check_same_run(last_path, state["params"], params, RUN_KEYS)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start = (state["epoch"], state["step"], state["best_val"], read_log(log_path, state["epoch"]))
+        print(f"resumed from {last_path}: {state['epoch']} epochs done, step {state['step']}")
+    train_set, val_loader = make_loaders(params, frames)
+    print(f"pretrain: SparKUNet {pre_summary(params, frames, stats)} ({count_parameters(model):,} parameters) on "
+          f"{device}; windows train/held-out {len(train_set)}/{len(val_loader.dataset)}")
+    try:
+        run_epochs(model, optimizer, train_set, val_loader, params, stats, device,
+                   (last_path, best_path, log_path), start)
+    except Diverged as exc:
+        print(f"error: pretraining stopped: {exc} (lower --base_lr?)", file=sys.stderr)
+        return 1
+    model.load_state_dict(load_checkpoint(best_path, device)["model"])
+    png = reconstruction_panels(model, val_loader, params, stats, device, os.path.join(out_dir, "reconstruction.png"))
+    print(f"pretrain: {pre['ep'] - start[0]} epochs -> {best_path}, {last_path}, {log_path}, {png}")
+    return 0
+
+
+def pre_summary(params, frames, stats):
+    pre = params["pretraining"]
+    return (f"{params['model']['spark_unet']['arch']}, {frames} frames x {len(stats['channels'])} channels, "
+            f"mask {pre['mask']:g} {pre['mask_mode']}, bs {pre['bs']}, lr {pre['base_lr'] * pre['bs'] / 256:.3g}")
+
+
+if __name__ == "__main__":
+    config.run_main(main)
