@@ -13,6 +13,7 @@ does not exist yet is skipped and said so. Ends with a summary of what it wrote.
     python demo.py [--out outputs/demo] [--days 20] [--size 896x608]
 """
 import argparse
+import datetime as dt
 import json
 import os
 import shlex
@@ -66,8 +67,6 @@ def demo_params(out, name="params.json", run_dir=""):
 
 def middle_forecast_time(store_path, params):
     """YYYYmmddHHMM of a forecast time in the middle of a processed case whose targets were observed."""
-    import datetime as dt
-
     import zarr
     from normalization import sample_starts
     from preproc import EPOCH
@@ -99,21 +98,9 @@ def summarize(out, log, seconds):
     print(f"demo finished in {seconds:.0f} s; open the PNGs under {out}/plots and {out}/eval")
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="outputs/demo", help="output folder (default: outputs/demo)")
-    parser.add_argument("--days", type=int, default=30, help="days of sea-ice data (default: 30, April 2024)")
-    parser.add_argument("--size", default="3584x2432",
-                        help="sea-ice grid ROWSxCOLS on the n3125 extent (default: the full 3584x2432 n3125 grid; "
-                             "896x608 for a quick run)")
-    args = parser.parse_args(argv)
-    start_time = time.time()
-    out, py, log = args.out.rstrip("/"), sys.executable, []
-    os.makedirs(os.path.join(ROOT, out), exist_ok=True)
-    cfg = demo_params(out)
-
-    # ---- sea ice: a synthetic upstream archive, served on loopback like the Bremen server
-    import datetime as dt
+def sea_ice_steps(args, out, cfg, log):
+    """Sea ice: a synthetic upstream archive served on loopback -> download -> mask -> consolidate -> maps."""
+    py = sys.executable
     first = dt.date(2024, 4, 1)
     last = first + dt.timedelta(days=args.days - 1)
     start, end = f"{first:%Y%m%d}", f"{last:%Y%m%d}"
@@ -154,13 +141,16 @@ def main(argv=None):
     run([py, "visualization.py", "--input_file", consolidated, "--date", f"{absent:%Y%m%d}",
          "--output_file", f"{plots}/consolidated_{absent:%Y%m%d}.png"], log)
 
-    # ---- nowcasting: synthetic raw cases -> zarr -> training -> evaluation
+
+def nowcasting_steps(out, cfg, log):
+    """Nowcasting: synthetic raw cases -> zarr -> training -> evaluation -> a forecast file."""
+    py = sys.executable
     run([py, "generate_data.py", "nowcast", "--out", f"{out}/raw_dataset", "--cases", "8",
          "--size", "96x96", "--steps", "60"], log)
     run([py, "preproc.py", "--config", cfg], log)
     if run([py, "training.py", "--config", cfg], log):
         run([py, "visualization.py", "--config", cfg, "--train_log", f"{out}/train_log.csv",
-             "--output_file", f"{plots}/train_curves.png"], log)
+             "--output_file", f"{out}/plots/train_curves.png"], log)
         run([py, "evaluate.py", "--config", cfg, "--checkpoint", f"{out}/checkpoints/best.pt"], log)
         with open(os.path.join(ROOT, out, "processed_data", "stats.json")) as fh:
             test_case = json.load(fh)["split"]["test"][0]
@@ -170,17 +160,42 @@ def main(argv=None):
              "--predict", f"{out}/raw_dataset/{test_case}", "--t0", t0,
              "--output", f"{out}/forecasts/{test_case}_{t0}.nc"], log)
 
-    # ---- seed 004: masked pretraining of spark_unet on every frame, then fine-tuning from it
+
+def pretraining_steps(out, cfg, log):
+    """Seed 004: masked pretraining of spark_unet on every frame, then fine-tuning from it."""
+    py = sys.executable
     finetune = demo_params(out, "params_finetune.json", "finetune")
     if run([py, "pretrain.py", "--config", cfg, "--mask", "0.5", "--exp_name", "spark_pretrain"], log):
         run([py, "training.py", "--config", finetune, "--model", "spark_unet", "--init_weight",
              f"{out}/checkpoints/spark_pretrain/best.pt", "--freeze", "no", "--epochs", "2", "--steps_per_epoch", "10"],
             log)
 
-    # ---- downscaling (seed 003): LR-HR pairs from generated rain, SR-CNN without / with the softmax layer
+
+def downscaling_steps(out, cfg, log):
+    """Downscaling (seed 003): LR-HR pairs from generated rain, SR-CNN without / with the softmax layer."""
+    py = sys.executable
     run([py, "make_downscaling_data.py", "--config", cfg, "--source", "generated", "--factor", "4"], log)
     run([py, "downscaling.py", "--config", cfg, "--experiments", "E3,E4", "--steps_per_epoch", "8",
          "--experiment_budget", "5"], log)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="outputs/demo", help="output folder (default: outputs/demo)")
+    parser.add_argument("--days", type=int, default=30, help="days of sea-ice data (default: 30, April 2024)")
+    parser.add_argument("--size", default="3584x2432",
+                        help="sea-ice grid ROWSxCOLS on the n3125 extent (default: the full 3584x2432 n3125 grid; "
+                             "896x608 for a quick run)")
+    args = parser.parse_args(argv)
+    start_time = time.time()
+    out, log = args.out.rstrip("/"), []
+    os.makedirs(os.path.join(ROOT, out), exist_ok=True)
+    cfg = demo_params(out)
+
+    sea_ice_steps(args, out, cfg, log)
+    nowcasting_steps(out, cfg, log)
+    pretraining_steps(out, cfg, log)
+    downscaling_steps(out, cfg, log)
     summarize(out, log, time.time() - start_time)
     return 0
 
