@@ -15,6 +15,14 @@ import config  # noqa: E402
 import generate_data  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """The tests' networks are tiny: one thread each is faster, and `make test` runs one pytest
+    worker per core (pytest-xdist), so more threads would only compete for the cores."""
+    import torch
+    torch.set_num_threads(1)
+
+
 @pytest.fixture
 def params():
     """The repository's params.json, validated, as a fresh dict."""

@@ -55,7 +55,7 @@ def folders(tmp_path_factory):
     generate_data.write_asi_days(str(good), START, END, shape=SHAPE, seed=4)
     shutil.copytree(good, odd)
     with netCDF4.Dataset(day_path(good, FLIPPED)) as nc:
-        z, x, y = np.ma.filled(nc["z"][:], np.nan), nc["x"][:], nc["y"][:]
+        z, y = np.ma.filled(nc["z"][:], np.nan), nc["y"][:]
     rewrite(day_path(odd, FLIPPED), z=z[::-1], y=y[::-1])  # y descending: row 0 is the northern edge
     with netCDF4.Dataset(day_path(good, FRACTION)) as nc:
         rewrite(day_path(odd, FRACTION), z=np.ma.filled(nc["z"][:], np.nan) / 100)  # fraction, units still "%"

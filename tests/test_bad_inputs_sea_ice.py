@@ -2,7 +2,6 @@
 (or 1 for a download that failed), never a traceback, never a silent default. In-process (run_main)."""
 import json
 import os
-import threading
 
 import pytest
 

@@ -19,14 +19,6 @@ from conftest import ROOT
 EVENTS = ("bom-x", "knmi-x", "fmi-20170509", "fmi-20160928")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tiny networks run faster on one thread, and two OpenMP threads stall on a busy shared box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 def rain_frames(rng, n_frames, shape):
     """Smooth positive rain fields (mm/h) with dry parts: (T, H, W) float32."""
     yy, xx = np.mgrid[:shape[0], :shape[1]]

@@ -7,14 +7,6 @@ import downscaling_models as dm
 from config import UserError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tiny networks run faster on one thread, and two OpenMP threads stall on a busy shared box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 def block_mean_np(a, f):
     """Independent block mean in float64: (..., H, W) -> (..., H/f, W/f)."""
     a = np.asarray(a, dtype=np.float64)

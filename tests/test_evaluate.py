@@ -198,7 +198,7 @@ def test_bad_t0_is_one_line(trained, raw_cases, t0, capsys):
         config.run_main(evaluate.main, ["--config", trained["config"], "--checkpoint", trained["checkpoint"],
                                         "--predict", case, "--t0", t0])
     err = capsys.readouterr().err.strip()
-    assert info.value.code == 2 and "\n" not in err and err.startswith(f"error: --t0 ")
+    assert info.value.code == 2 and "\n" not in err and err.startswith("error: --t0 ")
     if t0 == "abc" or len(t0) != 12:
         assert err == f"error: --t0 {t0!r}: expected a time as YYYYmmddHHMM (12 digits, UTC)"
     else:

@@ -10,15 +10,6 @@ import config
 import model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is faster and does not stall when the cores are busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # --------------------------------------------------------------------------- reference cell
 def reference_step(cell, x, h, c):
     """Seed 002 eq. (3) with one convolution per weight W_x., W_h. and the peepholes W_c. as a

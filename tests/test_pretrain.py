@@ -18,14 +18,6 @@ import training
 from conftest import ROOT, tiny_params
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # --------------------------------------------------------------------------- masks
 @pytest.mark.parametrize("ratio", [0.0, 0.3, 0.6, 0.95])
 @pytest.mark.parametrize("mode", ["spatial", "spatiotemporal"])
