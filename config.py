@@ -231,8 +231,13 @@ SCHEMA = Section(
                         "shape match the model's are copied in before training (not on --resume); '' = none"),
         freeze=Key(str, "no", "fine-tuning: 'encoder' keeps the encoder's weights and batch-norm statistics fixed "
                    "(spark_unet)", choices=("no", "encoder")),
-        early_stop_patience=Key(int, 0, "stop when the validation loss has not improved for this many epochs "
+        early_stop_patience=Key(int, 0, "stop when the validation score (select_on) has not improved for this many epochs "
                                 "(0: never)", "epochs", minimum=0),
+        select_on=Key(str, "loss", "what picks best.pt and drives the learning-rate schedule and early stopping: "
+                      "the validation loss (lower is better), or the validation CSI at select_threshold (higher is "
+                      "better; counted over all validation pixels)", choices=("loss", "csi")),
+        select_threshold=Key(NUM, 1.0, "select_on csi: the event threshold, in the target's physical units", "mm/h",
+                             minimum=0),
         cpu_minutes=Key(NUM, 0, "stop after the epoch in which this run's CPU time (all threads and loader "
                         "workers) passes this budget (0: no budget)", "min", minimum=0),
         loss=Section(

@@ -57,7 +57,7 @@ from model import build_model, count_parameters
 from normalization import denormalize_target, load_stats, target_input_frames
 from utils import ConsolidatedSICDataset, open_consolidated
 
-LOG_COLUMNS = ("epoch", "train_loss", "val_loss", "lr", "seconds", "samples_per_s")
+LOG_COLUMNS = ("epoch", "train_loss", "val_loss", "val_csi", "lr", "seconds", "samples_per_s")
 
 
 class Diverged(Exception):
@@ -317,7 +317,7 @@ def write_log(path, rows, columns=LOG_COLUMNS):
 
 
 class Progress:
-    """Where a training run stands: epochs done, optimiser steps, best validation loss, log rows."""
+    """Where a training run stands: epochs done, optimiser steps, best validation score (selection_score), log rows."""
 
     def __init__(self, paths):
         self.last = os.path.join(paths["checkpoints"], "last.pt")
@@ -347,11 +347,11 @@ def resume(progress, model, optimizer, scheduler, task, params, run):
     progress.log_rows = read_log(progress.log, progress.epoch)
     if run.main:
         print(f"resumed from {progress.last}: {progress.epoch} epochs done, step {progress.step}, "
-              f"best val loss {progress.best_val:.4g}")
+              f"best validation score {progress.best_val:.4g} (training.select_on)")
 
 
 RUN_KEYS = ("task", "model", "data.inputs", "data.target", "data.transform", "data.input_steps",
-            "data.lead_steps", "data.output_steps")
+            "data.lead_steps", "data.output_steps", "training.select_on", "training.select_threshold")
 
 
 def check_same_run(path, saved, params, keys=RUN_KEYS):
@@ -428,36 +428,65 @@ def train_epoch(model, task, loader, optimizer, params, epoch, progress, run):
 
 @torch.no_grad()
 def validate(model, task, loader, params, run):
-    """Mean loss over the first training.val_steps batches of every rank (summed over ranks)."""
-    amp = params["training"]["amp"] and run.device.type == "cuda"
+    """(mean loss, CSI) over the first training.val_steps batches of every rank (summed over ranks).
+
+    CSI = hits / (hits + misses + false alarms) of the events >= training.select_threshold in
+    physical units (task.to_physical), counted over every valid pixel of those batches; NaN when
+    neither forecasts nor observations have an event, and not computed (NaN) unless
+    training.select_on is csi.
+    """
+    training = params["training"]
+    amp = training["amp"] and run.device.type == "cuda"
     model.eval()
-    sums = torch.zeros(2, dtype=torch.float64, device=run.device)
+    sums = torch.zeros(5, dtype=torch.float64, device=run.device)  # loss, batches, hits, misses, false alarms
     for i, batch in enumerate(loader):
-        if i >= params["training"]["val_steps"]:
+        if i >= training["val_steps"]:
             break
         x, y, mask = task.unpack(batch, run.device)
         with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=amp):
             pred = forward(model, x).float()
-        sums += torch.stack([task.loss(pred, y, mask).double(), torch.ones((), dtype=torch.float64, device=run.device)])
+        sums[:2] += torch.stack([task.loss(pred, y, mask).double(), torch.ones((), dtype=torch.float64,
+                                                                              device=run.device)])
+        if training["select_on"] == "csi":
+            sums[2:] += event_counts(task.to_physical(pred), task.to_physical(y), mask, training["select_threshold"])
     if run.world > 1:
         dist.all_reduce(sums)
-    return (sums[0] / sums[1].clamp(min=1)).item()
+    hits, misses, false_alarms = sums[2:].tolist()
+    events = hits + misses + false_alarms
+    return (sums[0] / sums[1].clamp(min=1)).item(), hits / events if events else math.nan
 
 
-def end_epoch(progress, model, optimizer, scheduler, task, params, run, epoch, train_loss, val_loss, samples,
-              seconds):
-    """Adjust the learning rate, write last.pt (and best.pt when better), log and print one line."""
+def event_counts(pred, obs, mask, threshold):
+    """(hits, misses, false alarms) of events >= threshold on the pixels where mask is True: float64 (3,)."""
+    forecast, observed = (pred >= threshold) & mask, (obs >= threshold) & mask
+    return torch.stack([(forecast & observed).sum(), (~forecast & observed).sum(),
+                        (forecast & ~observed).sum()]).double()
+
+
+def selection_score(val_loss, val_csi, training):
+    """The number that best.pt, the learning-rate schedule and early stopping minimise: the validation
+    loss, or -CSI (0 when CSI is undefined: no event forecast or observed)."""
+    if training["select_on"] == "loss":
+        return val_loss
+    return -val_csi if math.isfinite(val_csi) else 0.0
+
+
+def end_epoch(progress, model, optimizer, scheduler, task, params, run, epoch, train_loss, val, samples, seconds):
+    """Adjust the learning rate, write last.pt (and best.pt when better), log and print one line.
+    val: (validation loss, validation CSI) of `validate`."""
+    val_loss, val_csi = val
     if not math.isfinite(val_loss):
         raise Diverged(f"validation loss is {val_loss} at epoch {epoch + 1}, step {progress.step}")
-    scheduler.step(val_loss)
-    improved = val_loss < progress.best_val
-    progress.epoch, progress.best_val = epoch + 1, min(progress.best_val, val_loss)
+    score = selection_score(val_loss, val_csi, params["training"])
+    scheduler.step(score)
+    improved = score < progress.best_val
+    progress.epoch, progress.best_val = epoch + 1, min(progress.best_val, score)
     progress.bad_epochs = 0 if improved else progress.bad_epochs + 1
     if not run.main:
         return
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
              "epoch": epoch + 1, "step": progress.step, "rng": rng_states(), "params": params, "stats": task.stats,
-             "best_val": progress.best_val, "val_loss": val_loss, "in_channels": task.in_channels,
+             "best_val": progress.best_val, "val_loss": val_loss, "val_csi": val_csi, "in_channels": task.in_channels,
              "bad_epochs": progress.bad_epochs}
     if hasattr(task, "extra_state"):
         state["extra"] = task.extra_state()
@@ -466,15 +495,17 @@ def end_epoch(progress, model, optimizer, scheduler, task, params, run, epoch, t
         save_checkpoint(progress.best, state)
     lr, speed = optimizer.param_groups[0]["lr"], samples * run.world / seconds
     progress.log_rows.append({"epoch": epoch + 1, "train_loss": f"{train_loss:.6g}", "val_loss": f"{val_loss:.6g}",
-                              "lr": f"{lr:.6g}", "seconds": f"{seconds:.2f}", "samples_per_s": f"{speed:.2f}"})
+                              "val_csi": f"{val_csi:.4f}", "lr": f"{lr:.6g}", "seconds": f"{seconds:.2f}", "samples_per_s": f"{speed:.2f}"})
     write_log(progress.log, progress.log_rows)
-    print(f"epoch {epoch + 1}/{params['training']['epochs']}: train {train_loss:.4g}  val {val_loss:.4g}  "
+    csi = f"  val CSI {val_csi:.3f}" if params["training"]["select_on"] == "csi" else ""
+    print(f"epoch {epoch + 1}/{params['training']['epochs']}: train {train_loss:.4g}  val {val_loss:.4g}{csi}  "
           f"lr {lr:.3g}  {seconds:.1f} s  {speed:.1f} samples/s{'  (best)' if improved else ''}")
 
 
 def fit(params, task, model, run, resume_run=False):
     """Train `model` on `task`: AdamW, ReduceLROnPlateau on the validation loss, training.epochs epochs
-    of training.steps_per_epoch steps; last.pt every epoch and best.pt at the best validation loss.
+    of training.steps_per_epoch steps; last.pt every epoch and best.pt at the best validation score
+    (training.select_on: the validation loss, or CSI).
 
     model: on run.device. resume_run: continue from <paths.checkpoints>/last.pt. Every epoch reseeds
     the random number generators from (training.seed, epoch), so a resumed run gives the same
@@ -503,8 +534,8 @@ def fit(params, task, model, run, resume_run=False):
         task.set_epoch(epoch)
         started = time.time()
         train_loss, samples = train_epoch(net, task, loaders["train"], optimizer, params, epoch, progress, run)
-        val_loss = validate(net, task, loaders["val"], params, run)
-        end_epoch(progress, model, optimizer, scheduler, task, params, run, epoch, train_loss, val_loss, samples,
+        val = validate(net, task, loaders["val"], params, run)
+        end_epoch(progress, model, optimizer, scheduler, task, params, run, epoch, train_loss, val, samples,
                   time.time() - started)
         reason = stop_reason(progress, training, cpu_seconds() - cpu_start, run)
         if reason:
@@ -525,7 +556,8 @@ def stop_reason(progress, training, cpu_used, run):
     """Why training stops before training.epochs (early stopping, CPU budget), or None; rank 0 decides."""
     reason = None
     if training["early_stop_patience"] and progress.bad_epochs >= training["early_stop_patience"]:
-        reason = f"no better validation loss for {progress.bad_epochs} epochs (training.early_stop_patience)"
+        reason = (f"no better validation {training['select_on']} for {progress.bad_epochs} epochs "
+                  "(training.early_stop_patience)")
     elif training["cpu_minutes"] and cpu_used >= 60 * training["cpu_minutes"]:
         reason = f"{cpu_used / 60:.1f} CPU minutes used (training.cpu_minutes {training['cpu_minutes']:g})"
     if run.world > 1:

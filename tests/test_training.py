@@ -230,7 +230,7 @@ def test_lagrangian_model_needs_motion_in_the_stores(processed, tmp_path, capsys
 def test_early_stopping_and_cpu_budget(processed, tmp_path, monkeypatch, capsys):
     cfg = write_tiny_params(tmp_path, processed, epochs=6, early_stop_patience=1)
     losses = iter([0.5, 0.4, 0.45, 0.3])  # epoch 3 does not improve: stop there
-    monkeypatch.setattr(training, "validate", lambda *a, **k: next(losses))
+    monkeypatch.setattr(training, "validate", lambda *a, **k: (next(losses), float("nan")))
     assert training.main(["--config", cfg, "--skip_test"]) == 0
     out = capsys.readouterr().out
     assert "stopped after epoch 3: no better validation loss for 1 epochs (training.early_stop_patience)" in out
@@ -241,6 +241,36 @@ def test_early_stopping_and_cpu_budget(processed, tmp_path, monkeypatch, capsys)
     assert training.main(["--config", cfg, "--skip_test"]) == 0
     assert "stopped after epoch 1: " in capsys.readouterr().out
     assert read_state(tmp_path / "b" / "ckpt" / "last.pt")["epoch"] == 1
+
+
+def test_selection_on_validation_csi(processed, tmp_path, monkeypatch, capsys):
+    """select_on csi: best.pt, early stopping and the log follow the validation CSI, not the loss."""
+    cfg = write_tiny_params(tmp_path, processed, epochs=6, early_stop_patience=2, select_on="csi")
+    scores = iter([(0.5, 0.20), (0.4, 0.50), (0.3, 0.30), (0.2, float("nan")), (0.1, 0.6)])  # loss keeps falling
+    monkeypatch.setattr(training, "validate", lambda *a, **k: next(scores))
+    assert training.main(["--config", cfg, "--skip_test"]) == 0
+    assert "stopped after epoch 4: no better validation csi for 2 epochs" in capsys.readouterr().out
+    assert read_state(tmp_path / "ckpt" / "best.pt")["epoch"] == 2
+    with open(tmp_path / "out" / "train_log.csv") as fh:
+        assert [r["val_csi"] for r in csv.DictReader(fh)] == ["0.2000", "0.5000", "0.3000", "nan"]
+
+
+def test_event_counts_equal_the_contingency_table():
+    """Reference: metrics.contingency_table (numpy) on the same fields."""
+    import metrics
+    rng = np.random.default_rng(5)
+    pred, obs = rng.gamma(0.5, 2.0, (3, 4, 1, 9, 9)), rng.gamma(0.5, 2.0, (3, 4, 1, 9, 9))
+    mask = rng.random(pred.shape) < 0.8
+    counts = training.event_counts(torch.from_numpy(pred), torch.from_numpy(obs), torch.from_numpy(mask), 1.0)
+    table = metrics.contingency_table(pred, obs, 1.0, mask)
+    assert counts.tolist() == [table["hits"], table["misses"], table["false_alarms"]]
+
+
+def test_validation_csi_of_a_real_run(processed, tmp_path):
+    cfg = write_tiny_params(tmp_path, processed, epochs=1, select_on="csi", select_threshold=0.1)
+    assert training.main(["--config", cfg, "--skip_test"]) == 0
+    state = read_state(tmp_path / "ckpt" / "best.pt")
+    assert 0.0 <= state["val_csi"] <= 1.0 and state["best_val"] == -state["val_csi"]
 
 
 def test_loss_options_by_hand():
