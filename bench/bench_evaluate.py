@@ -26,9 +26,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import baselines  # noqa: E402
 import config  # noqa: E402
+import dataset  # noqa: E402
 import evaluate  # noqa: E402
 import metrics  # noqa: E402
-import normalization  # noqa: E402
 
 
 def scipy_sample(image, x, y):
@@ -77,15 +77,14 @@ def before_kernels():
 
 
 def limit_windows(n):
-    """Make evaluate.sample_starts return only the first n windows of the split (over all stores)."""
+    """Make evaluate's window_starts return only the first n windows of the split (over all stores)."""
     left = {"n": n}
-    original = normalization.sample_starts
 
-    def first(valid, data):
-        starts = original(valid, data)[:left["n"]]
+    def first(root, data, stats=None):
+        starts = dataset.window_starts(root, data, stats)[:left["n"]]
         left["n"] -= len(starts)
         return starts
-    evaluate.sample_starts = first
+    evaluate.window_starts = first
 
 
 def timed(forecaster, params, split, n_windows):
