@@ -310,7 +310,7 @@ SCHEMA = Section(
         seed=Key(int, 0, "seed of the random number generators (training, noise of the GAN)"),
         panels=Key(int, 3, "test crops shown in the panel figures (the rainiest)", minimum=0),
         experiment_budget=Key(NUM, 60, "--experiments: CPU seconds of training per experiment (epochs of "
-                              "steps_per_epoch steps, 16 when that is 0; at least one epoch)", "s", minimum=1),
+                              "steps_per_epoch steps, 32 when that is 0; at least one epoch)", "s", minimum=1),
     ),
     pretraining=Section(
         "pretrain.py: SparK masked image modelling of model.spark_unet on every frame of the training cases "

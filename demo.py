@@ -7,7 +7,7 @@ consolidate_data.py -> inspection tools and maps. Nowcasting: synthetic raw
 cases -> preproc.py -> training.py -> evaluate.py -> plots; pretrain.py (seed 004) and a
 fine-tuning of spark_unet from it (under <out>/finetune). Downscaling: generated rain ->
 make_downscaling_data.py -> downscaling.py --experiments E3,E4 (SR-CNN without and with the
-softmax constraint, a few CPU seconds each) -> table and panels. A step whose script
+softmax constraint, one epoch of 8 steps each) -> table and panels. A step whose script
 does not exist yet is skipped and said so. Ends with a summary of what it wrote.
 
     python demo.py [--out outputs/demo] [--days 20] [--size 896x608]

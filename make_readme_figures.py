@@ -12,7 +12,9 @@ not only the time-linear stage) and find_several_data_in_target_area.py. Nowcast
 params, evaluate.py, evaluate.py --predict) into <work_dir>/run, or takes a finished
 run from --run_dir, and plots its train_log.csv, eval/<split>/metrics.json and the
 forecast panels of `evaluate.py --predict` (forecasts/*.png; or a forecast*.npz
-sample through `visualization.py --forecast`).
+sample through `visualization.py --forecast`). Downscaling: takes the none-vs-softmax SR-CNN panels
+(panels_E3_E4.png, else the first panels_*.png) of a finished `downscaling.py --experiments` run
+(--downscaling_dir, default outputs/bench_downscaling from bench/bench_downscaling.py); it trains nothing.
 A figure whose inputs or script do not exist yet is skipped and said so.
 
 Each PNG is shrunk for the README (at most --max_width pixels wide, a 256-colour
@@ -121,8 +123,11 @@ def main(argv=None):
                         help="sea-ice grid ROWSxCOLS on the n3125 extent (default: 896x608, 12.5 km)")
     parser.add_argument("--max_width", type=int, default=1100, help="README figure width, pixels (default: 1100)")
     parser.add_argument("--asset_dir", default=ASSET, help="where the README figures go (default: asset/)")
-    parser.add_argument("--parts", default="sea_ice,nowcasting",
-                        help="comma-separated figure groups to redo: sea_ice, nowcasting (default: both)")
+    parser.add_argument("--downscaling_dir", default="outputs/bench_downscaling",
+                        help="a finished downscaling.py --experiments run with panels_*.png "
+                             "(default: outputs/bench_downscaling)")
+    parser.add_argument("--parts", default="sea_ice,nowcasting,downscaling",
+                        help="comma-separated figure groups to redo: sea_ice, nowcasting, downscaling (default: all)")
     args = parser.parse_args(argv)
     work = args.work_dir
     asi, plots = os.path.join(work, "asi"), os.path.join(work, "plots")
@@ -136,12 +141,16 @@ def main(argv=None):
             skipped.append(what)
 
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
-    if not parts or parts - {"sea_ice", "nowcasting"}:
-        raise UserError(f"--parts {args.parts!r}: expected sea_ice, nowcasting or both, comma-separated")
+    if not parts or parts - {"sea_ice", "nowcasting", "downscaling"}:
+        raise UserError(f"--parts {args.parts!r}: expected sea_ice, nowcasting, downscaling, comma-separated")
     if "sea_ice" in parts:
         sea_ice_figures(args, work, asi, plots, figure)
     if "nowcasting" in parts:
         nowcasting_figures(args, work, plots, figure)
+    if "downscaling" in parts:
+        full = find_one(args.downscaling_dir, ["panels_E3_E4.png", "panels_E*_E*.png"])
+        figure(full is not None, full or "", "downscaling_panels.png",
+               f"downscaling: LR | HR | SR none | SR constrained | difference ({args.downscaling_dir})")
     print("\n== README figures")
     for what, path, kib in written:
         print(f"  {os.path.relpath(path):45s} {kib:6.0f} KiB  {what}")
