@@ -272,3 +272,39 @@ def test_numbers_must_be_finite(params, value):
     params["sea_ice"]["alpha"] = 25.0
     params["evaluation"]["thresholds"] = [0.5, value]
     assert error_of(params).startswith("evaluation.thresholds[1]: expected a finite")
+
+
+@pytest.mark.parametrize("dotted, value, message", [
+    ("evaluation.thresholds", [], "evaluation.thresholds: expected at least 1 item, got []"),
+    ("evaluation.thresholds", [1.0, 0.5], "evaluation.thresholds: expected values in strictly ascending order, "
+                                          "got [1.0, 0.5]"),
+    ("evaluation.thresholds", [0.5, 1e30], "evaluation.thresholds[1]: expected a value <= 1000 (mm/h), got 1e+30"),
+    ("evaluation.fss_windows", [0], "evaluation.fss_windows[0]: expected a value >= 1, got 0"),
+    ("evaluation.methods", [], "evaluation.methods: expected at least 1 item, got []"),
+    ("evaluation.methods", ["model", "model"], "evaluation.methods: expected each value once, got 'model' twice "
+                                               "in ['model', 'model']"),
+    ("evaluation.methods", ["modle"], "evaluation.methods[0]: expected one of model, persistence, extrapolation, "
+                                      "got 'modle'"),
+    ("training.loss.thresholds", [5.0, 2.0, 10.0, 30.0], "training.loss.thresholds: expected values in strictly "
+                                                        "ascending order, got [5.0, 2.0, 10.0, 30.0]"),
+    ("training.lr_factor", 1.0, "training.lr_factor: expected a value below 1, got 1.0"),
+    ("training.seed", -1, "training.seed: expected a value >= 0, got -1"),
+    ("training.seed", 2**64, f"training.seed: expected a value <= {2**32 - 1}, got {2**64}"),
+    ("data.split.seed", -5, "data.split.seed: expected a value >= 0, got -5"),
+    ("data.rain_patch_prob", 1.5, "data.rain_patch_prob: expected a value <= 1 (fraction), got 1.5"),
+    ("data.rain_threshold", 1e30, "data.rain_threshold: expected a value <= 1000 (mm/h), got 1e+30"),
+    ("data.inputs", {"radar": []}, "data.inputs.radar: expected at least 1 item, got []"),
+    ("data.inputs", {"radar": ["rain_rate", "rain_rate"]},
+     "data.inputs.radar: expected each value once, got 'rain_rate' twice in ['rain_rate', 'rain_rate']"),
+    ("data.inputs", {"radar": ["rain_rate"], "nwp": ["rain_rate"]},
+     "data.inputs.nwp: channel 'rain_rate' is also in data.inputs.radar; expected each channel name once "
+     "(data.transform is keyed by channel)"),
+    ("model.convlstm_unet.kernel_size", 4, "model.convlstm_unet.kernel_size: expected an odd size (the padding "
+                                           "keeps the frame size), got 4"),
+    ("model.encoder_forecaster.hidden_channels", [], "model.encoder_forecaster.hidden_channels: expected at least "
+                                                     "1 item, got []"),
+])
+def test_value_checks_name_the_key_and_what_was_expected(dotted, value, message):
+    params = minimal()
+    config.set_dotted(params, dotted, value)
+    assert error_of(params) == message
