@@ -633,7 +633,21 @@ def ensure_folder(folder, what="output folder"):
         raise UserError(f"{what} {folder}: {blocker} is a file, expected a folder") from None
     except OSError as exc:
         raise UserError(f"{what} {folder}: cannot create it ({exc.strerror or exc})") from None
+    if not os.access(folder or ".", os.W_OK | os.X_OK):
+        raise UserError(f"{what} {folder}: no permission to write there")
     return folder
+
+
+def list_folder(folder, what="folder"):
+    """Sorted entry names of `folder`; UserError naming it when it is missing, a file or unreadable."""
+    try:
+        return sorted(os.listdir(folder))
+    except FileNotFoundError:
+        raise UserError(f"{what} {folder}: not found") from None
+    except NotADirectoryError:
+        raise UserError(f"{what} {folder}: is a file, expected a folder") from None
+    except OSError as exc:
+        raise UserError(f"{what} {folder}: cannot read it ({exc.strerror or exc})") from None
 
 
 # --------------------------------------------------------------------------- command-line overrides

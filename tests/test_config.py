@@ -229,6 +229,33 @@ def test_atomic_path_renames_on_success_and_leaves_nothing_on_failure(tmp_path):
     assert sorted(os.listdir(store)) == ["new"]
 
 
+def test_atomic_path_bad_places_are_one_line(tmp_path, monkeypatch):
+    from atomic import atomic_path
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(config.UserError, match=f"^output folder {blocker / 'sub'}: {blocker} is a file, "
+                                               "expected a folder$"):
+        with atomic_path(str(blocker / "sub" / "out.json")):
+            pass
+    folder = tmp_path / "a_folder"
+    folder.mkdir()
+    with pytest.raises(config.UserError, match=f"^{folder}: is a folder, expected a file there$"):
+        with atomic_path(str(folder)) as tmp, open(tmp, "w") as fh:
+            fh.write("x")
+    assert os.listdir(folder) == [] and sorted(os.listdir(tmp_path)) == ["a_file", "a_folder"]
+    final = tmp_path / "out.json"
+    with pytest.raises(config.UserError, match=f"^{final}: cannot write it \\(Permission denied\\)$"):
+        with atomic_path(str(final)) as tmp:
+            raise PermissionError(13, "Permission denied", tmp)  # what open(tmp, "w") raises there
+    with pytest.raises(FileNotFoundError):  # an OSError about another file is no output problem
+        with atomic_path(str(final)):
+            open(tmp_path / "missing_input")
+    monkeypatch.setattr(os, "access", lambda *a: False)  # a folder without write permission (we run as root)
+    with pytest.raises(config.UserError, match=f"^output folder {tmp_path}: no permission to write there$"):
+        with atomic_path(str(final)):
+            pass
+
+
 def test_radar_example_config_is_valid_and_names_the_real_events():
     from conftest import RADAR_DIR
     params = config.load_params(os.path.join(ROOT, "params_radar.json"))

@@ -310,3 +310,48 @@ def test_command_line_reports_splits_and_a_batch(processed, tmp_path, capsys):
 
 def count_stores(processed, split):
     return len([n for n in os.listdir(os.path.join(processed, split)) if n.endswith(".zarr")])
+
+
+def test_damaged_stats_and_stores_are_one_line(ramp_store):
+    p, out = ramp_store
+    stats_path = out / "stats.json"
+    good = stats_path.read_text()
+    stats_path.write_bytes(b"\x00\x85 not json")
+    with pytest.raises(config.UserError, match=f"^{stats_path}: cannot read it as JSON \\(UnicodeDecodeError"):
+        dataset.make_datasets(p)
+    stats_path.write_text('{"channels": ["rain_rate"]}')
+    with pytest.raises(config.UserError, match=f"^{stats_path}: no sources, transform, min, max, target \\(not a "):
+        dataset.make_datasets(p)
+    stats_path.write_text(good)
+    store = out / "train" / "a.zarr"
+    os.rename(store / "rain_max", out / "rain_max")  # an array missing
+    with pytest.raises(config.UserError, match=f"^{store}: rain_max missing \\(an interrupted or foreign store\\)"):
+        dataset.ZarrPatchDataset(str(out / "train"), p)
+    os.rename(out / "rain_max", store / "rain_max")
+    (out / "train" / "b.zarr").mkdir()  # an empty folder named like a store
+    with pytest.raises(config.UserError, match=f"^{out / 'train' / 'b.zarr'}: not a readable Zarr store"):
+        dataset.ZarrPatchDataset(str(out / "train"), p)
+
+
+@pytest.mark.parametrize("dotted, value, message", [
+    ("data.time_step_minutes", 10, "data.time_step_minutes: 10, but {stats} has 5; re-run preproc.py, or set it back"),
+    ("data.max_gap_steps", 1, "data.max_gap_steps: 1, but {stats} has 3; re-run preproc.py, or set it back"),
+    ("data.transform", {"rain_rate": "log1p"}, "data.transform.rain_rate: 'log1p', but {stats} has 'none'; re-run "
+                                               "preproc.py, or set it back"),
+])
+def test_a_config_edited_after_preproc_is_refused(ramp_store, dotted, value, message):
+    p, out = ramp_store
+    edited = json.loads(json.dumps(p))
+    config.set_dotted(edited, dotted, value)
+    with pytest.raises(config.UserError) as info:
+        dataset.make_datasets(config.validate(edited))
+    assert str(info.value) == message.format(stats=out / "stats.json")
+
+
+def test_patch_larger_than_every_grid_is_refused(ramp_store):
+    p, out = ramp_store
+    huge = json.loads(json.dumps(p))
+    huge["data"]["patch_size"] = 10**9
+    with pytest.raises(config.UserError, match=f"^data.patch_size 1000000000: larger than every grid in "
+                                               f"{out / 'train'} \\(the largest is 40 x 36\\)$"):
+        dataset.ZarrPatchDataset(str(out / "train"), huge)

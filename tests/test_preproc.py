@@ -589,3 +589,28 @@ def test_real_events_full(params, tmp_path):
                 rainy.append(float(y.max(initial=0)) > 0.5)
             fractions.append(np.mean(rainy))
         assert fractions[1] >= fractions[0], name
+
+
+def test_output_under_a_file_or_unreadable_input_is_one_line(params, params_file, tmp_path, capsys, monkeypatch):
+    raw = tmp_path / "raw"
+    write_aligned_case(raw, "c1")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    cfg = params_file(configure(params, raw, blocker / "processed", split=one_case_split("c1")))
+    with pytest.raises(SystemExit) as info:
+        config.run_main(preproc.main, ["--config", cfg])
+    assert info.value.code == 2
+    assert capsys.readouterr().err == (f"error: paths.processed_data {blocker / 'processed' / 'train'}: {blocker} "
+                                       "is a file, expected a folder\n")
+    real_listdir = os.listdir
+
+    def no_permission(folder):
+        if os.path.basename(folder) == "radar":
+            raise PermissionError(13, "Permission denied", folder)
+        return real_listdir(folder)
+    monkeypatch.setattr(os, "listdir", no_permission)  # we run as root: chmod would not stop us
+    with pytest.raises(SystemExit) as info:
+        config.run_main(preproc.main, ["--config", cfg, "--processed_data", str(tmp_path / "out")])
+    assert info.value.code == 2
+    assert capsys.readouterr().err == (f"error: case c1: source folder {raw / 'c1' / 'radar'}: cannot read it "
+                                       "(Permission denied) (--skip_bad_cases skips such cases)\n")
