@@ -268,7 +268,8 @@ def split_cases(case_ids, split, skipped=()):
     """{"train": [...], "val": [...], "test": [...]} (sorted ids) from data.split.
 
     Ratios: ids sorted, permuted with default_rng(seed), counts by largest remainder, every split
-    with a ratio > 0 gets at least one case when possible. Lists: ids must exist (ids of skipped
+    with a ratio > 0 gets at least one case when possible; skipped bad cases take part in the draw
+    and are then left out, so skipping a case never moves another case to another split. Lists: ids must exist (ids of skipped
     bad cases are dropped) and appear in one list only; cases in no list are not processed.
     """
     case_ids = sorted(case_ids)
@@ -282,6 +283,7 @@ def split_cases(case_ids, split, skipped=()):
                     raise UserError(f"data.split.{name}: case {case!r} not found among the raw cases")
                 seen[case] = name
         return {name: sorted(c for c in split[name] if c in case_ids) for name in SPLITS}
+    kept, case_ids = set(case_ids), sorted(set(case_ids) | set(skipped))
     n = len(case_ids)
     ratios = np.array([split[name] for name in SPLITS], dtype=np.float64)
     exact = ratios * n
@@ -297,7 +299,7 @@ def split_cases(case_ids, split, skipped=()):
                 counts[i] += 1
     order = [case_ids[i] for i in np.random.default_rng(split["seed"]).permutation(n)]
     bounds = np.concatenate([[0], np.cumsum(counts)])
-    return {name: sorted(order[bounds[i]:bounds[i + 1]]) for i, name in enumerate(SPLITS)}
+    return {name: sorted(c for c in order[bounds[i]:bounds[i + 1]] if c in kept) for i, name in enumerate(SPLITS)}
 
 
 # --------------------------------------------------------------------------- 5: statistics

@@ -701,6 +701,8 @@ def main(argv=None):
     args = parse_args(argv)
     # 1. parameters: params.json, overridden by the command line
     params = config.load_params(args.config, config.overrides_from(args))
+    for key in ("checkpoints", "outputs"):  # a file in the way or no permission: said before any work
+        config.ensure_folder(params["paths"][key], f"paths.{key}")
     run = Run(params["training"]["device"])
     # 2. the data: train/val/test datasets (dataset.load_datasets makes the loaders inside fit)
     task = make_task(params)

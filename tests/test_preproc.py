@@ -234,6 +234,15 @@ def test_ratio_split_rules():
     assert [len(three[s]) for s in preproc.SPLITS] == [1, 1, 1]  # every asked-for split gets a case
 
 
+def test_skipping_a_bad_case_keeps_every_other_case_in_its_split():
+    ids = [f"c{i:02d}" for i in range(10)]
+    ratios = {"train": 0.6, "val": 0.2, "test": 0.2, "seed": 4}
+    full = preproc.split_cases(ids, ratios)
+    for bad in ids:
+        split = preproc.split_cases([c for c in ids if c != bad], ratios, skipped={bad: "reason"})
+        assert split == {name: [c for c in full[name] if c != bad] for name in preproc.SPLITS}
+
+
 def test_explicit_split_lists(params, raw_cases, tmp_path):
     ids = sorted(raw_cases["cases"])
     out = tmp_path / "out"

@@ -97,6 +97,20 @@ def test_user_errors_are_one_line(processed, tmp_path):
     assert proc.stderr.strip() == f"error: {tmp_path / 'ckpt' / 'last.pt'}: checkpoint not found"
 
 
+@pytest.mark.parametrize("key", ["checkpoints", "outputs"])
+def test_output_folders_under_a_file_are_refused_before_any_work(processed, tmp_path, capsys, key):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    params = tiny_params(tmp_path)
+    params["paths"].update(processed_data=processed, **{key: str(blocker / key)})
+    cfg = tmp_path / "params.json"
+    cfg.write_text(json.dumps(params))
+    with pytest.raises(SystemExit) as info:
+        config.run_main(training.main, ["--config", str(cfg)])
+    assert info.value.code == 2
+    assert capsys.readouterr() == ("", f"error: paths.{key} {blocker / key}: {blocker} is a file, expected a folder\n")
+
+
 def test_ddp_two_cpu_ranks_and_the_whole_test_split_scored_once(processed, tmp_path):
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
     if torchrun is None:
