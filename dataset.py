@@ -95,7 +95,9 @@ class ZarrPatchDataset(Dataset):
         self.epoch = 0
         self.paths = sorted(glob.glob(os.path.join(split_dir, "*.zarr")))
         if not self.paths:
-            raise UserError(f"{split_dir}: no .zarr stores (run preproc.py; see paths.processed_data)")
+            why = "preproc.py gave this split no case: see data.split" if os.path.isdir(split_dir) else \
+                "run preproc.py; see paths.processed_data"
+            raise UserError(f"{split_dir}: no .zarr stores ({why})")
         self.channels = [c for _, c, _ in channel_list(params)]
         self.augment = train and data["augment"]
         self.cases, self.grids, self.times, self.rain_blocks, rows = [], [], [], [], []

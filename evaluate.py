@@ -101,13 +101,18 @@ class Forecaster:
     @torch.no_grad()
     def model_forecast(self, x, motion=None):
         """x: normalised inputs (B, T_in, C, H, W) numpy (motion (B, 2, H, W) for a Lagrangian model)
-        -> (B, T_out, H, W) mm/h."""
+        -> (B, T_out, H, W) mm/h. A rain-rate target (log1p transform, as preproc.py's non-negative
+        channels) is clipped to 0 .. config.RAIN_RATE_MAX: a network can extrapolate its output far
+        beyond any rain rate ever measured, which would dominate the MSE."""
         inputs = torch.from_numpy(x).to(self.device)
         if self.lagrangian:
             pred = self.model(inputs, torch.from_numpy(motion).to(self.device, inputs.dtype))
         else:
             pred = self.model(inputs)
-        return denormalize_target(pred.float()[:, :, 0], self.stats).cpu().numpy()
+        out = denormalize_target(pred.float()[:, :, 0], self.stats).cpu().numpy()
+        if self.stats["target"]["transform"] == "log1p":
+            np.clip(out, 0.0, config.RAIN_RATE_MAX, out=out)
+        return out
 
 
 def load_model(checkpoint, params, device):
@@ -234,10 +239,16 @@ def write_outputs(report, out_dir):
 
 def print_table(rows, threshold):
     print(f"scores averaged over lead times at {threshold} mm/h:")
-    print(f"  {'method':<14}" + "".join(f"{c:>10}" for c in TABLE_COLUMNS))
+    print(f"  {'method':<14}" + "".join(f"{c:>11}" for c in TABLE_COLUMNS))
     for row in rows:
         if row["threshold_mm_h"] == threshold:
-            print(f"  {row['method']:<14}" + "".join(f"{row[c]:>10.4f}" for c in TABLE_COLUMNS))
+            print(f"  {row['method']:<14}" + "".join(f"{table_cell(row[c]):>11}" for c in TABLE_COLUMNS))
+
+
+def table_cell(value):
+    """A score in at most 10 characters: 4 decimals, or 4 significant digits when that is wider."""
+    text = f"{value:.4f}"
+    return text if len(text) <= 10 else f"{value:.4g}"
 
 
 # --------------------------------------------------------------------------- prediction

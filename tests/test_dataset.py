@@ -285,8 +285,11 @@ def test_load_datasets_and_workers(params, tmp_path):
 
 def test_errors(params, tmp_path, ramp_store):
     p, out = ramp_store
-    with pytest.raises(config.UserError, match="no .zarr stores"):
+    with pytest.raises(config.UserError, match=r"empty: no .zarr stores \(run preproc.py; see paths.processed_data\)$"):
         dataset.ZarrPatchDataset(str(tmp_path / "empty"), p)
+    with pytest.raises(config.UserError, match=r"test: no .zarr stores \(preproc.py gave this split no case: see "
+                                               r"data.split\)$"):
+        dataset.ZarrPatchDataset(str(out / "test"), p)  # ramp_store's split gives test no case
     other = json.loads(json.dumps(p))
     other["data"]["inputs"] = {"radar": ["rain_rate"], "nwp": ["t2m"]}
     with pytest.raises(config.UserError, match="re-run preproc.py"):

@@ -278,3 +278,25 @@ def test_real_data_bench_flags_are_checked_before_any_work(tmp_path, extra, mess
                           text=True, cwd=ROOT)
     assert proc.returncode == 2 and proc.stderr == f"error: {message.format(blocker=blocker, out=out)}\n"
     assert not (out / "raw").exists()
+
+
+def test_model_rain_rates_are_clipped_to_a_physical_range(trained):
+    class Wild(torch.nn.Module):  # normalised outputs far outside 0..1, as an extrapolating network gives
+        def forward(self, x):
+            return torch.tensor([-3.0, 0.5, 40.0]).reshape(1, 3, 1, 1, 1).expand(x.shape[0], 3, 1, 4, 4)
+    params = config.load_params(trained["config"])
+    stats = load_stats(params["paths"]["processed_data"])
+    assert stats["target"]["transform"] == "log1p"
+    forecaster = evaluate.Forecaster(Wild(), stats, params, torch.device("cpu"))
+    out = forecaster.model_forecast(np.zeros((2, 3, 1, 4, 4), np.float32))
+    middle = float(denormalize_target(np.float64(0.5), stats))
+    assert out.shape == (2, 3, 4, 4)
+    np.testing.assert_allclose(out[:, 0], 0.0)
+    np.testing.assert_allclose(out[:, 1], middle, rtol=1e-5)
+    np.testing.assert_allclose(out[:, 2], config.RAIN_RATE_MAX)
+
+
+def test_table_cells_stay_in_their_column():
+    assert evaluate.table_cell(0.12345) == "0.1235"
+    assert evaluate.table_cell(12345678.9) == "1.235e+07"
+    assert all(len(evaluate.table_cell(v)) <= 10 for v in (-99999.99999, 1e30, float("nan"), -1e-30))
