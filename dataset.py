@@ -117,10 +117,6 @@ class ZarrPatchDataset(Dataset):
             self.times.append(root["time"][:])
             starts = self._window_starts(root, stats)
             rows.append(np.stack([np.full(len(starts), index, dtype=np.int64), starts], axis=1))
-        largest = max(self.grids, key=max)
-        if not self.full_frame and self.patch_size > max(largest):
-            raise UserError(f"data.patch_size {self.patch_size}: larger than every grid in {split_dir} (the largest "
-                            f"is {largest[0]} x {largest[1]})")
         self.sample_map = np.concatenate(rows)  # (N, 2): store index, first input step
         if not len(self.sample_map):
             raise UserError(f"{split_dir}: no valid window of {self._window_text()} in {len(self.paths)} stores")

@@ -318,6 +318,7 @@ def test_numbers_must_be_finite(params, value):
     ("training.seed", -1, "training.seed: expected a value >= 0, got -1"),
     ("training.seed", 2**64, f"training.seed: expected a value <= {2**32 - 1}, got {2**64}"),
     ("data.split.seed", -5, "data.split.seed: expected a value >= 0, got -5"),
+    ("data.patch_size", 10**9, "data.patch_size: expected a value <= 4096 (pixels), got 1000000000"),
     ("data.rain_patch_prob", 1.5, "data.rain_patch_prob: expected a value <= 1 (fraction), got 1.5"),
     ("data.rain_threshold", 1e30, "data.rain_threshold: expected a value <= 1000 (mm/h), got 1e+30"),
     ("data.inputs", {"radar": []}, "data.inputs.radar: expected at least 1 item, got []"),

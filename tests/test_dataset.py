@@ -350,11 +350,3 @@ def test_a_config_edited_after_preproc_is_refused(ramp_store, dotted, value, mes
         dataset.make_datasets(config.validate(edited))
     assert str(info.value) == message.format(stats=out / "stats.json")
 
-
-def test_patch_larger_than_every_grid_is_refused(ramp_store):
-    p, out = ramp_store
-    huge = json.loads(json.dumps(p))
-    huge["data"]["patch_size"] = 10**9
-    with pytest.raises(config.UserError, match=f"^data.patch_size 1000000000: larger than every grid in "
-                                               f"{out / 'train'} \\(the largest is 40 x 36\\)$"):
-        dataset.ZarrPatchDataset(str(out / "train"), huge)
