@@ -53,11 +53,15 @@ class Key:
     """A leaf of the schema: expected type(s), default, allowed values, doc."""
 
     def __init__(self, types, default=REQUIRED, doc="", unit="", choices=None, items=None,
-                 minimum=None, nullable=False, date=False):
+                 minimum=None, nullable=False, date=False, maximum=None, below=None, min_items=0,
+                 ascending=False, distinct=False):
         self.types = types if isinstance(types, tuple) else (types,)
         self.default, self.doc, self.unit = default, doc, unit
         self.choices, self.items, self.minimum, self.nullable = choices, items, minimum, nullable
         self.date = date  # an int YYYYMMDD that must be a real calendar day
+        self.maximum, self.below = maximum, below  # value <= maximum, value < below (list: every item)
+        self.min_items = min_items  # a list: at least this many items
+        self.ascending, self.distinct = ascending, distinct  # a list: strictly ascending / no item twice
 
 
 class Section(dict):
@@ -76,14 +80,16 @@ class MapOf:
 
 
 NUM = (int, float)
-STR_LIST = Key(list, items=str)
+STR_LIST = Key(list, items=str, min_items=1, distinct=True)
+RAIN_RATE_MAX = 1000.0  # mm/h: above any rain rate ever measured (the world record is about 400 mm/h)
+SEED_MAX = 2**32 - 1  # the seeds numpy accepts
 
 CELL_KEYS = dict(  # the ConvLSTM cell options every ConvLSTM model shares
     kernel_size=Key(int, 3, "ConvLSTM kernel size", minimum=1),
     peephole=Key(bool, True, "peephole terms W_c o C in the cells"),
     peephole_size=Key(list, None, "null: peephole weights per channel, shared by all pixels (any frame size); "
                       "[H, W]: per channel and pixel as in Shi et al. (2015), for input frames of exactly "
-                      "H x W", "pixels", items=int, nullable=True),
+                      "H x W", "pixels", items=int, nullable=True, minimum=1),
 )
 
 LAGRANGIAN_DOC = ("forecast in Lagrangian coordinates (L-CNN): inputs moved to the last input time along the "
@@ -145,24 +151,28 @@ SCHEMA = Section(
             train=Key((NUM, list), 0.7, "fraction of cases, or a list of case ids"),
             val=Key((NUM, list), 0.15, "fraction of cases, or a list of case ids"),
             test=Key((NUM, list), 0.15, "fraction of cases, or a list of case ids"),
-            seed=Key(int, 42, "shuffle seed for ratio splits"),
+            seed=Key(int, 42, "shuffle seed for ratio splits", minimum=0, maximum=SEED_MAX),
         ),
         transform=MapOf(Key(str, choices=("log1p", "none")), {"rain_rate": "log1p"},
                         "channel -> transform applied before min/max normalisation"),
         input_steps=Key(int, 6, "input frames per sample", "steps", minimum=1),
         lead_steps=Key(int, 24, "first target is this many steps after the last input", "steps", minimum=1),
         output_steps=Key(int, 1, "target frames per sample", "steps", minimum=1),
-        patch_size=Key(int, 128, "square crop side", "pixels", minimum=8),
-        rain_threshold=Key(NUM, 0.5, "a patch 'has rain' when its target exceeds this somewhere", "mm/h"),
-        rain_patch_prob=Key(NUM, 0.8, "probability that a training crop is drawn among rainy patches", "fraction"),
+        patch_size=Key(int, 128, "square crop side (a smaller grid is zero-padded to it, without coverage)",
+                       "pixels", minimum=8, maximum=4096),
+        rain_threshold=Key(NUM, 0.5, "a patch 'has rain' when its target exceeds this somewhere", "mm/h",
+                           minimum=0, maximum=RAIN_RATE_MAX),
+        rain_patch_prob=Key(NUM, 0.8, "probability that a training crop is drawn among rainy patches", "fraction",
+                            minimum=0, maximum=1),
         crop_tries=Key(int, 10, "random crops tried to find a rainy patch", minimum=1),
         eval_full_frame=Key(bool, False, "val/test samples: false = the centre patch_size crop, true = the full "
                             "frame (a batch is zero-padded to its largest grid, padding has coverage False)"),
         rain_filter_fraction=Key(NUM, 0.0, "NL-50-style sample filter (every split, and evaluate.py): keep a window "
                                  "only when, in every target frame, at least this fraction of the covered pixels "
-                                 "exceeds rain_filter_threshold; 0: keep all; NL-50: 0.5", "fraction", minimum=0),
+                                 "exceeds rain_filter_threshold; 0: keep all; NL-50: 0.5", "fraction", minimum=0,
+                                 maximum=1),
         rain_filter_threshold=Key(NUM, 0.0, "the rain of rain_filter_fraction: value > this (NL-50, SmaAt-UNet's "
-                                  "create_datasets.py: > 0)", "mm/h", minimum=0),
+                                  "create_datasets.py: > 0)", "mm/h", minimum=0, maximum=RAIN_RATE_MAX),
         motion=Key(bool, True, "preproc.py stores the target's motion field per step (baselines.motion_field of the "
                    "last motion_frames frames, full frames), which Lagrangian models and augmentation use"),
         motion_frames=Key(int, 3, "frames up to a step that its motion is estimated from (also the "
@@ -186,7 +196,8 @@ SCHEMA = Section(
         ),
         encoder_forecaster=Section(
             "encoder-forecaster of Shi et al. (2015)",
-            hidden_channels=Key(list, [32, 32], "hidden channels per stacked layer", items=int),
+            hidden_channels=Key(list, [32, 32], "hidden channels per stacked layer", items=int, min_items=1,
+                                minimum=1),
             **CELL_KEYS,
             lagrangian=Key(bool, False, LAGRANGIAN_DOC),
         ),
@@ -221,12 +232,12 @@ SCHEMA = Section(
         num_workers=Key(int, 2, "DataLoader worker processes", minimum=0),
         steps_per_epoch=Key(int, 200, "training steps per epoch", minimum=1),
         val_steps=Key(int, 50, "validation batches per epoch", minimum=1),
-        seed=Key(int, 0, "seed of all random number generators"),
+        seed=Key(int, 0, "seed of all random number generators", minimum=0, maximum=SEED_MAX),
         device=Key(str, "auto", "auto: CUDA when present, else CPU", choices=("auto", "cpu", "cuda")),
         compile=Key(bool, False, "torch.compile the model"),
         amp=Key(bool, True, "bf16 autocast on CUDA (ignored on CPU)"),
         lr_patience=Key(int, 2, "ReduceLROnPlateau patience", "epochs", minimum=0),
-        lr_factor=Key(NUM, 0.5, "ReduceLROnPlateau factor", minimum=0),
+        lr_factor=Key(NUM, 0.5, "ReduceLROnPlateau factor", minimum=0, below=1),
         init_weight=Key(str, "", "fine-tuning: a pretrain.py or training.py checkpoint; its weights whose name and "
                         "shape match the model's are copied in before training (not on --resume); '' = none"),
         freeze=Key(str, "no", "fine-tuning: 'encoder' keeps the encoder's weights and batch-norm statistics fixed "
@@ -244,7 +255,8 @@ SCHEMA = Section(
             "loss on the target (pixels outside coverage, and land, carry no weight)",
             name=Key(str, "weighted_mse", "loss function; weighted_mse_mae is the B-MSE + B-MAE of Shi et al. (2017)",
                      choices=("weighted_mse", "weighted_mse_mae", "mse", "mae")),
-            thresholds=Key(list, [2.0, 5.0, 10.0, 30.0], "weighted_mse: rain-rate thresholds", "mm/h", items=NUM),
+            thresholds=Key(list, [2.0, 5.0, 10.0, 30.0], "weighted_mse: rain-rate thresholds", "mm/h", items=NUM,
+                           minimum=0, maximum=RAIN_RATE_MAX, ascending=True),
             weights=Key(list, [1.0, 2.0, 5.0, 10.0, 30.0],
                         "weighted_mse: weight below the first threshold, then above each", items=NUM),
         ),
@@ -264,9 +276,10 @@ SCHEMA = Section(
         frames=Key(int, 1, "make_downscaling_data.py: consecutive frames per sample (3: the temporal set T1)",
                    "frames", minimum=1),
         crop_size=Key(int, 128, "HR crop side (a multiple of 8)", "pixels", minimum=16),
-        wet_threshold=Key(NUM, 0.1, "a pixel is wet at or above this (rain; sea ice counts ice >= 0.15)", "mm/h"),
+        wet_threshold=Key(NUM, 0.1, "a pixel is wet at or above this (rain; sea ice counts ice >= 0.15)", "mm/h",
+                          minimum=0, maximum=RAIN_RATE_MAX),
         min_wet_fraction=Key(NUM, 0.05, "crops with a smaller wet fraction (mean over the frames) are left out",
-                             "fraction", minimum=0),
+                             "fraction", minimum=0, maximum=1),
         max_crops=Section(
             "crops per split at most, chosen evenly among the candidates (in time and space)",
             train=Key(int, 1024, "training crops", minimum=1),
@@ -307,7 +320,8 @@ SCHEMA = Section(
                              "mean)", minimum=1),
         eval_split=Key(str, "test", "split that the scores are computed on (the seed's --test_val_train)",
                        choices=("train", "val", "test")),
-        seed=Key(int, 0, "seed of the random number generators (training, noise of the GAN)"),
+        seed=Key(int, 0, "seed of the random number generators (training, noise of the GAN)", minimum=0,
+                 maximum=SEED_MAX),
         panels=Key(int, 3, "test crops shown in the panel figures (the rainiest)", minimum=0),
         experiment_budget=Key(NUM, 60, "--experiments: CPU seconds of training per experiment (epochs of "
                               "steps_per_epoch steps, 32 when that is 0; at least one epoch)", "s", minimum=1),
@@ -334,9 +348,12 @@ SCHEMA = Section(
     ),
     evaluation=Section(
         required=True, doc="evaluate.py and the final test of training.py",
-        thresholds=Key(list, [0.5, 1.0, 2.0, 5.0, 10.0], "categorical score thresholds", "mm/h", items=NUM),
-        fss_windows=Key(list, [1, 5, 9], "FSS window sizes", "pixels", items=int),
-        methods=Key(list, ["model", "persistence", "extrapolation"], "methods compared", items=str),
+        thresholds=Key(list, [0.5, 1.0, 2.0, 5.0, 10.0], "categorical score thresholds", "mm/h", items=NUM,
+                       min_items=1, minimum=0, maximum=RAIN_RATE_MAX, ascending=True),
+        fss_windows=Key(list, [1, 5, 9], "FSS window sizes", "pixels", items=int, min_items=1, minimum=1,
+                        ascending=True),
+        methods=Key(list, ["model", "persistence", "extrapolation"], "methods compared", items=str, min_items=1,
+                    choices=("model", "persistence", "extrapolation"), distinct=True),
     ),
 )
 
@@ -377,19 +394,47 @@ def _check_leaf(path, key, value):
         raise UserError(f"{path}: expected {_type_name(key.types)}, got {type(value).__name__} {value!r}")
     if isinstance(value, float) and not math.isfinite(value):
         raise UserError(f"{path}: expected a finite number, got {value!r}")
-    if key.choices is not None and value not in key.choices:
-        raise UserError(f"{path}: expected one of {', '.join(map(str, key.choices))}, got {value!r}")
     if key.date and parse_date(value) is None:
         raise UserError(f"{path}: expected a calendar day as YYYYMMDD (8 digits), got {value!r}")
-    if key.minimum is not None and not isinstance(value, list) and value < key.minimum:
-        raise UserError(f"{path}: expected a value >= {key.minimum}, got {value!r}")
-    if isinstance(value, list) and key.items is not None:
+    if not isinstance(value, list):
+        _check_range(path, key, value)
+        return value
+    if key.items is not None:
         item_types = key.items if isinstance(key.items, tuple) else (key.items,)
         for i, item in enumerate(value):
             if not _is_instance(item, item_types) or (isinstance(item, float) and not math.isfinite(item)):
                 raise UserError(f"{path}[{i}]: expected {'a finite ' if isinstance(item, float) else ''}"
                                 f"{_type_name(item_types)}, got {type(item).__name__} {item!r}")
+            _check_range(f"{path}[{i}]", key, item)
+    _check_list(path, key, value)
     return value
+
+
+def _check_range(path, key, value):
+    """A single value (or list item) against key.choices, minimum, maximum and below."""
+    if key.choices is not None and value not in key.choices:
+        raise UserError(f"{path}: expected one of {', '.join(map(str, key.choices))}, got {value!r}")
+    if key.minimum is not None and value < key.minimum:
+        raise UserError(f"{path}: expected a value >= {key.minimum}, got {value!r}")
+    if key.maximum is not None and value > key.maximum:
+        raise UserError(f"{path}: expected a value <= {_number(key.maximum)}{key.unit and f' ({key.unit})'}, got {value!r}")
+    if key.below is not None and not value < key.below:
+        raise UserError(f"{path}: expected a value below {key.below}, got {value!r}")
+
+
+def _number(value):
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _check_list(path, key, value):
+    """A list against key.min_items, ascending and distinct."""
+    if len(value) < key.min_items:
+        raise UserError(f"{path}: expected at least {key.min_items} item{'s' * (key.min_items > 1)}, got {value!r}")
+    if key.ascending and any(b <= a for a, b in zip(value, value[1:])):
+        raise UserError(f"{path}: expected values in strictly ascending order, got {value!r}")
+    if key.distinct and len(set(map(json.dumps, value))) < len(value):
+        twice = next(v for i, v in enumerate(value) if v in value[:i])
+        raise UserError(f"{path}: expected each value once, got {twice!r} twice in {value!r}")
 
 
 def _validate(node, schema, path):
@@ -449,6 +494,17 @@ def _check_consistency(params):
             target["channel"] not in params["data"]["inputs"][target["source"]]:
         raise UserError(f"data.target.channel: {target['channel']!r} is not a channel of input source "
                         f"{target['source']!r} {params['data']['inputs'][target['source']]}")
+    seen = {}
+    for source, channels in params["data"]["inputs"].items():
+        for channel in channels:
+            if channel in seen:
+                raise UserError(f"data.inputs.{source}: channel {channel!r} is also in data.inputs.{seen[channel]}; "
+                                "expected each channel name once (data.transform is keyed by channel)")
+            seen[channel] = source
+    for name, section in params["model"].items():
+        if isinstance(section, dict) and section.get("kernel_size", 1) % 2 == 0:
+            raise UserError(f"model.{name}.kernel_size: expected an odd size (the padding keeps the frame size), "
+                            f"got {section['kernel_size']}")
     for key in ("mask_threshold", "max_missing_fraction"):
         if params["sea_ice"][key] > 1:
             raise UserError(f"sea_ice.{key}: expected a fraction between 0 and 1, got {params['sea_ice'][key]!r}")
@@ -583,7 +639,21 @@ def ensure_folder(folder, what="output folder"):
         raise UserError(f"{what} {folder}: {blocker} is a file, expected a folder") from None
     except OSError as exc:
         raise UserError(f"{what} {folder}: cannot create it ({exc.strerror or exc})") from None
+    if not os.access(folder or ".", os.W_OK | os.X_OK):
+        raise UserError(f"{what} {folder}: no permission to write there")
     return folder
+
+
+def list_folder(folder, what="folder"):
+    """Sorted entry names of `folder`; UserError naming it when it is missing, a file or unreadable."""
+    try:
+        return sorted(os.listdir(folder))
+    except FileNotFoundError:
+        raise UserError(f"{what} {folder}: not found") from None
+    except NotADirectoryError:
+        raise UserError(f"{what} {folder}: is a file, expected a folder") from None
+    except OSError as exc:
+        raise UserError(f"{what} {folder}: cannot read it ({exc.strerror or exc})") from None
 
 
 # --------------------------------------------------------------------------- command-line overrides

@@ -54,10 +54,30 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sequential
 import config
 from config import UserError
 from lagrangian import rotate_flip
-from normalization import (channel_list, check_store, denormalize_target, frame_starts, load_stats, rainy_fraction,
-                           rainy_starts, sample_starts, window_steps)
+from normalization import (channel_list, check_config, check_store, denormalize_target, frame_starts, load_stats,
+                           rainy_fraction, rainy_starts, sample_starts, window_steps)
 
 SPLITS = ("train", "val", "test")
+
+
+STORE_ARRAYS = ("inputs", "target", "coverage", "valid", "time", "rain_max")  # what preproc.py writes
+
+
+def open_store(path):
+    """The preproc.py store at `path`, opened read-only (a zarr Group); UserError naming it when it is
+    not one: empty, damaged, an array or attribute missing."""
+    try:
+        root = zarr.open_group(path, mode="r")
+    except Exception as exc:  # noqa: BLE001 - whatever zarr says, the folder is no usable store
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        raise UserError(f"{path}: not a readable Zarr store ({type(exc).__name__}: {first_line}); "
+                        "re-run preproc.py") from None
+    missing = [name for name in STORE_ARRAYS if name not in root]
+    missing += [f"attribute {name}" for name in ("case", "grid_shape", "rain_block", "channels")
+                if name not in root.attrs]
+    if missing:
+        raise UserError(f"{path}: {', '.join(missing)} missing (an interrupted or foreign store); re-run preproc.py")
+    return root
 
 
 class ZarrPatchDataset(Dataset):
@@ -75,13 +95,15 @@ class ZarrPatchDataset(Dataset):
         self.epoch = 0
         self.paths = sorted(glob.glob(os.path.join(split_dir, "*.zarr")))
         if not self.paths:
-            raise UserError(f"{split_dir}: no .zarr stores (run preproc.py; see paths.processed_data)")
+            why = "preproc.py gave this split no case: see data.split" if os.path.isdir(split_dir) else \
+                "run preproc.py; see paths.processed_data"
+            raise UserError(f"{split_dir}: no .zarr stores ({why})")
         self.channels = [c for _, c, _ in channel_list(params)]
         self.augment = train and data["augment"]
         self.cases, self.grids, self.times, self.rain_blocks, rows = [], [], [], [], []
         self.has_motion = True
         for index, path in enumerate(self.paths):
-            root = zarr.open_group(path, mode="r")
+            root = open_store(path)
             self.has_motion &= "motion" in root
             attrs = root.attrs.asdict()
             if attrs.get("channels") != self.channels:
@@ -313,6 +335,7 @@ def make_datasets(params):
     """
     processed = params["paths"]["processed_data"]
     stats = load_stats(processed)
+    check_config(params, stats, os.path.join(processed, "stats.json"))
     return {name: ZarrPatchDataset(os.path.join(processed, name), params, train=(name == "train"), stats=stats)
             for name in SPLITS}
 

@@ -279,7 +279,7 @@ def load_run(params, device):
         if saved[key] != down[key]:
             raise UserError(f"{path}: trained with --{key} {saved[key]}, asked for --{key} {down[key]}")
     model = build_model(saved, state["stats"]).to(device)
-    model.load_state_dict(state["model"])
+    training.load_model_state(model, state["model"], path)
     return model, state
 
 

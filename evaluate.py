@@ -46,11 +46,11 @@ import config
 import metrics
 from atomic import atomic_path
 from config import UserError
-from dataset import window_starts
+from dataset import open_store, window_starts
 from model import Lagrangian, build_model
-from normalization import check_store, denormalize_target, target_input_frames, window_steps
+from normalization import check_config, check_store, denormalize_target, target_input_frames, window_steps
 from preproc import EPOCH, NoCoverage, scan_case, write_case
-from training import load_checkpoint, pick_device
+from training import load_checkpoint, load_model_state, pick_device
 
 CATEGORICAL = ("csi", "pod", "far", "hss", "hss_half", "ets", "frequency_bias", "accuracy", "precision", "f1")
 CONTINUOUS = ("mse", "mae", "rmse", "bias", "corr", "pmse")
@@ -101,18 +101,23 @@ class Forecaster:
     @torch.no_grad()
     def model_forecast(self, x, motion=None):
         """x: normalised inputs (B, T_in, C, H, W) numpy (motion (B, 2, H, W) for a Lagrangian model)
-        -> (B, T_out, H, W) mm/h."""
+        -> (B, T_out, H, W) mm/h. A rain-rate target (log1p transform, as preproc.py's non-negative
+        channels) is clipped to 0 .. config.RAIN_RATE_MAX: a network can extrapolate its output far
+        beyond any rain rate ever measured, which would dominate the MSE."""
         inputs = torch.from_numpy(x).to(self.device)
         if self.lagrangian:
             pred = self.model(inputs, torch.from_numpy(motion).to(self.device, inputs.dtype))
         else:
             pred = self.model(inputs)
-        return denormalize_target(pred.float()[:, :, 0], self.stats).cpu().numpy()
+        out = denormalize_target(pred.float()[:, :, 0], self.stats).cpu().numpy()
+        if self.stats["target"]["transform"] == "log1p":
+            np.clip(out, 0.0, config.RAIN_RATE_MAX, out=out)
+        return out
 
 
 def load_model(checkpoint, params, device):
     state = load_checkpoint(checkpoint, device)
-    for key in ("model", "stats"):
+    for key in ("model", "stats", "params"):
         if key not in state:
             raise UserError(f"{checkpoint}: not a training.py checkpoint (no {key!r})")
     if state["stats"] is None:
@@ -120,13 +125,14 @@ def load_model(checkpoint, params, device):
                         "(training.py writes the sea-ice test scores to test_metrics.json)")
     ckpt_params = state["params"]
     model = build_model(ckpt_params, len(state["stats"]["channels"]), state["stats"]).to(device)
-    model.load_state_dict(state["model"])
+    load_model_state(model, state["model"], checkpoint)
     model.eval()
     data_keys = ("input_steps", "lead_steps", "output_steps")
     trained = ", ".join(f"data.{k}={ckpt_params['data'][k]}" for k in data_keys)
     wanted = ", ".join(f"data.{k}={params['data'][k]}" for k in data_keys)
     if trained != wanted:
         raise UserError(f"{checkpoint}: trained with {trained}, but the config has {wanted}")
+    check_config(params, state["stats"], f"checkpoint {checkpoint}")
     return model, state["stats"]
 
 
@@ -135,7 +141,8 @@ def score_split(forecaster, params, split, methods, batch_size, stride=1):
     """Accumulate every method's scores over every window of <processed_data>/<split>."""
     data, evaluation = params["data"], params["evaluation"]
     folder = os.path.join(params["paths"]["processed_data"], split)
-    stores = sorted(n for n in os.listdir(folder) if n.endswith(".zarr")) if os.path.isdir(folder) else []
+    stores = [n for n in config.list_folder(folder, "split folder") if n.endswith(".zarr")] \
+        if os.path.isdir(folder) else []
     if not stores:
         raise UserError(f"{folder}: no .zarr stores (run preproc.py, or pick another --split)")
     acc = {m: (metrics.ContingencyAccumulator(evaluation["thresholds"], lead_axis=0),
@@ -144,7 +151,7 @@ def score_split(forecaster, params, split, methods, batch_size, stride=1):
            for m in methods}
     windows = {}  # store name -> first input step of every valid window (NL-50 filter: data.rain_filter_fraction)
     for name in stores:
-        root = zarr.open_group(os.path.join(folder, name), mode="r")
+        root = open_store(os.path.join(folder, name))
         check_store(os.path.join(folder, name), root.attrs.asdict(), forecaster.stats, f"checkpoint {forecaster.source}")
         windows[name] = window_starts(root, data, forecaster.stats)[::stride]
     n_windows = sum(len(w) for w in windows.values())
@@ -209,7 +216,6 @@ def table_rows(report):
 
 
 def write_outputs(report, out_dir):
-    os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "metrics.json")
     with atomic_path(path) as tmp, open(tmp, "w") as fh:
         json.dump(report, fh, indent=1)
@@ -233,10 +239,16 @@ def write_outputs(report, out_dir):
 
 def print_table(rows, threshold):
     print(f"scores averaged over lead times at {threshold} mm/h:")
-    print(f"  {'method':<14}" + "".join(f"{c:>10}" for c in TABLE_COLUMNS))
+    print(f"  {'method':<14}" + "".join(f"{c:>11}" for c in TABLE_COLUMNS))
     for row in rows:
         if row["threshold_mm_h"] == threshold:
-            print(f"  {row['method']:<14}" + "".join(f"{row[c]:>10.4f}" for c in TABLE_COLUMNS))
+            print(f"  {row['method']:<14}" + "".join(f"{table_cell(row[c]):>11}" for c in TABLE_COLUMNS))
+
+
+def table_cell(value):
+    """A score in at most 10 characters: 4 decimals, or 4 significant digits when that is wider."""
+    text = f"{value:.4f}"
+    return text if len(text) <= 10 else f"{value:.4g}"
 
 
 # --------------------------------------------------------------------------- prediction
@@ -328,6 +340,31 @@ def write_forecast(path, forecast, valid_times, t0_time, lead_minutes, case, cov
 
 
 # --------------------------------------------------------------------------- main
+def methods_override(args):
+    """The override flags' values, with --methods a,b as evaluation.methods (checked by config.py)."""
+    overrides = config.overrides_from(args)
+    if args.methods is not None:
+        overrides["evaluation.methods"] = [m.strip() for m in args.methods.split(",")]
+        overrides.flags["evaluation.methods"] = "--methods"
+    return overrides
+
+
+def check_flags(args, params):
+    """UserError for flags that do not fit together, before any work; the output folder is made."""
+    for flag, value in (("--stride", args.stride), ("--batch_size", args.batch_size)):
+        if value < 1:
+            raise UserError(f"{flag} {value}: expected an integer >= 1")
+    if args.predict is None:
+        for flag, value in (("--t0", args.t0), ("--output", args.output)):
+            if value is not None:
+                raise UserError(f"{flag} {value}: only used with --predict RAW_CASE_DIR")
+        config.ensure_folder(os.path.join(params["paths"]["outputs"], "eval", args.split), "paths.outputs")
+    elif args.output is not None:
+        if not args.output.endswith((".nc", ".zarr")):
+            raise UserError(f"--output {args.output}: expected a name ending in .nc or .zarr")
+        config.ensure_folder(os.path.dirname(os.path.abspath(args.output)), "--output folder")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     config.add_config_arg(parser)
@@ -346,11 +383,9 @@ def main(argv=None):
     parser.add_argument("--output", help="--predict: forecast file, .nc or .zarr "
                                          "(default: <outputs>/forecasts/<case>_<t0>.nc)")
     args = parser.parse_args(argv)
-    params = config.load_params(args.config, config.overrides_from(args))
-    methods = [m.strip() for m in args.methods.split(",")] if args.methods else list(params["evaluation"]["methods"])
-    for method in methods:
-        if method not in ("model", *baselines.METHODS):
-            raise UserError(f"--methods: unknown method {method!r}; expected model, {', '.join(baselines.METHODS)}")
+    params = config.load_params(args.config, methods_override(args))
+    methods = params["evaluation"]["methods"]
+    check_flags(args, params)
     device = pick_device(params["training"]["device"])
     model, stats = load_model(args.checkpoint, params, device)
     forecaster = Forecaster(model, stats, params, device, os.path.basename(args.checkpoint))
@@ -360,8 +395,6 @@ def main(argv=None):
         return 0
     step = params["data"]["time_step_minutes"]
     lead_minutes = [step * lead for lead in forecaster.leads]
-    if args.stride < 1 or args.batch_size < 1:
-        raise UserError(f"--stride {args.stride} / --batch_size {args.batch_size}: expected integers >= 1")
     acc, n_windows = score_split(forecaster, params, args.split, methods, args.batch_size, args.stride)
     report = metrics_report(acc, params, args.split, n_windows, lead_minutes)
     out_dir = os.path.join(params["paths"]["outputs"], "eval", args.split)

@@ -24,6 +24,7 @@ depend on which other days are generated.
 import argparse
 import datetime as dt
 import os
+import sys
 
 import numpy as np
 
@@ -296,25 +297,26 @@ def write_raw_cases(out_dir, n_cases=4, shape=(96, 96), n_steps=48, seed=0, step
             if case == 0 and n_steps > 20:
                 first = n_steps // 2
                 gone["radar"].update(range(first, first + 5))
-        for source in ("radar", "label", "nwp"):
-            os.makedirs(os.path.join(out_dir, case_id, source), exist_ok=True)
-        for t, time in enumerate(times):
-            stamp = f"{time:%Y%m%d%H%M}"
-            if t not in gone["radar"]:
-                frame = rain[t].copy()
-                frame[dist > radius + rng.uniform(-1, 1)] = np.nan  # coverage edge jitters
-                np.save(os.path.join(out_dir, case_id, "radar", stamp + ".npy"), frame)
-            if t not in gone["label"]:
-                np.save(os.path.join(out_dir, case_id, "label", stamp + ".npy"), _blur(rain[t], 2))
-            if t % nwp_every == 0:
-                ahead = _blur(np.mean(rain[t:t + nwp_every], axis=0), 6)  # the model "knows" the next hour
-                scale = float(ahead.max()) + 1.0
-                base = np.linspace(-1.5, 1.5, n_y, dtype=np.float32)[:, None]
-                t2m = 291.0 + base - 4.0 * ahead / scale
-                tcwv = 22.0 + 18.0 * ahead / scale + 0.5 * base
-                cape = 300.0 + 1800.0 * ahead / scale
-                nwp = np.stack([np.broadcast_to(t2m, shape), tcwv, cape]).astype(np.float32)
-                np.save(os.path.join(out_dir, case_id, "nwp", stamp + ".npy"), nwp)
+        with atomic_path(os.path.join(out_dir, case_id)) as case_dir:  # a case from before is replaced whole
+            for source in ("radar", "label", "nwp"):
+                os.makedirs(os.path.join(case_dir, source), exist_ok=True)
+            for t, time in enumerate(times):
+                stamp = f"{time:%Y%m%d%H%M}"
+                if t not in gone["radar"]:
+                    frame = rain[t].copy()
+                    frame[dist > radius + rng.uniform(-1, 1)] = np.nan  # coverage edge jitters
+                    np.save(os.path.join(case_dir, "radar", stamp + ".npy"), frame)
+                if t not in gone["label"]:
+                    np.save(os.path.join(case_dir, "label", stamp + ".npy"), _blur(rain[t], 2))
+                if t % nwp_every == 0:
+                    ahead = _blur(np.mean(rain[t:t + nwp_every], axis=0), 6)  # the model "knows" the next hour
+                    scale = float(ahead.max()) + 1.0
+                    base = np.linspace(-1.5, 1.5, n_y, dtype=np.float32)[:, None]
+                    t2m = 291.0 + base - 4.0 * ahead / scale
+                    tcwv = 22.0 + 18.0 * ahead / scale + 0.5 * base
+                    cape = 300.0 + 1800.0 * ahead / scale
+                    nwp = np.stack([np.broadcast_to(t2m, shape), tcwv, cape]).astype(np.float32)
+                    np.save(os.path.join(case_dir, "nwp", stamp + ".npy"), nwp)
         summary[case_id] = {"times": times,
                             "missing": {s: [times[i] for i in sorted(g)] for s, g in gone.items()}}
     return summary
@@ -384,6 +386,10 @@ def main(argv=None):
         ensure_folder(out, "--out")
         cases = write_raw_cases(out, args.cases, shape, args.steps, args.seed)
         print(f"wrote {len(cases)} cases to {out}: {', '.join(cases)}")
+        others = [n for n in os.listdir(out) if n not in cases and os.path.isdir(os.path.join(out, n))]
+        if others:
+            print(f"note: {out} also holds {len(others)} folder(s) from before that preproc.py will read as cases: "
+                  f"{', '.join(sorted(others))}", file=sys.stderr)
     return 0
 
 

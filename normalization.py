@@ -192,13 +192,23 @@ def channel_list(params):
             for source, channels in params["data"]["inputs"].items() for channel in channels]
 
 
+STATS_KEYS = ("channels", "sources", "transform", "min", "max", "target")  # what the readers use
+
+
 def load_stats(processed_dir):
     """Read <processed_dir>/stats.json (written by preproc.py)."""
     path = os.path.join(processed_dir, "stats.json")
     if not os.path.isfile(path):
         raise UserError(f"{path}: not found (run preproc.py first)")
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            stats = json.load(fh)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: cannot read it as JSON ({type(exc).__name__}: {exc}); re-run preproc.py") from None
+    missing = [k for k in STATS_KEYS if not isinstance(stats, dict) or k not in stats]
+    if missing:
+        raise UserError(f"{path}: no {', '.join(missing)} (not a preproc.py stats.json); re-run preproc.py")
+    return stats
 
 
 def check_store(path, attrs, stats, source):
@@ -216,6 +226,10 @@ def check_store(path, attrs, stats, source):
     if transforms != stats["transform"]:
         raise UserError(f"{path}: transforms {transforms} differ from {stats['transform']} of {source}; "
                         "re-run preproc.py")
+    for key in ("time_step_minutes", "max_gap_steps"):
+        if key in stats and attrs.get(key) != stats[key]:
+            raise UserError(f"{path}: made with data.{key} {attrs.get(key)}, but {source} has {stats[key]}: "
+                            "they come from different preproc.py runs; re-run preproc.py")
     norm = attrs.get("normalisation", {})
     stored = [norm.get("target_min"), norm.get("target_max")]
     wanted = [stats["target"]["min"], stats["target"]["max"]]
@@ -224,6 +238,30 @@ def check_store(path, attrs, stats, source):
                         f"{source} has [{wanted[0]:.6g}, {wanted[1]:.6g}] (after the {stats['target']['transform']} "
                         "transform): they come from different preproc.py runs; re-run preproc.py or use the "
                         "matching stats/checkpoint")
+
+
+def check_config(params, stats, source):
+    """UserError unless params["data"] describes the data that `stats` (from preproc.py) normalised:
+    the same channels and transforms, time step and gap filling. source: where stats came from, for the
+    message ("stats.json", "checkpoint best.pt"). Catches a params.json edited after preproc.py ran,
+    whose lead times in minutes or units would silently be wrong."""
+    data, hint = params["data"], "re-run preproc.py, or set it back"
+    channels = channel_list(params)
+    if [c for _, c, _ in channels] != stats["channels"]:
+        raise UserError(f"data.inputs: channels {[c for _, c, _ in channels]}, but {source} has {stats['channels']}; "
+                        f"{hint}")
+    target = stats["target"]
+    if (data["target"]["source"], data["target"]["channel"]) != (target["source"], target["channel"]):
+        raise UserError(f"data.target: {data['target']['source']}/{data['target']['channel']}, but {source} has "
+                        f"{target['source']}/{target['channel']}; {hint}")
+    names = stats["channels"] + [target["channel"]]
+    for channel, stored in zip(names, stats["transform"] + [target["transform"]]):
+        name = data["transform"].get(channel, "none")
+        if name != stored:
+            raise UserError(f"data.transform.{channel}: {name!r}, but {source} has {stored!r}; {hint}")
+    for key in ("time_step_minutes", "max_gap_steps"):
+        if key in stats and data[key] != stats[key]:
+            raise UserError(f"data.{key}: {data[key]}, but {source} has {stats[key]}; {hint}")
 
 
 def _text(value):

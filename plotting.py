@@ -96,16 +96,24 @@ METHOD_STYLE = {"model": ("C0", "o"), "persistence": ("C1", "s"), "extrapolation
 
 
 # --------------------------------------------------------------------------- files
+FIGURE_FORMATS = ("png", "pdf", "svg")  # the file name's suffix picks one
+
+
 def save_figure(fig, out_path):
-    """Write fig as PNG under a temporary name, rename it to out_path, close fig; returns out_path.
-    UserError (one line) when out_path is a folder or cannot be written."""
+    """Write fig under a temporary name, rename it to out_path, close fig; returns out_path.
+    The format follows the suffix (FIGURE_FORMATS). UserError (one line) when out_path is a folder,
+    has another suffix or cannot be written."""
     try:
         if os.path.isdir(out_path):
             raise UserError(f"{out_path}: is a folder, expected a PNG file name")
+        suffix = os.path.splitext(out_path)[1][1:].lower()
+        if suffix not in FIGURE_FORMATS:
+            raise UserError(f"{out_path}: expected a figure file name ending in "
+                            f"{', '.join('.' + f for f in FIGURE_FORMATS)}")
         ensure_folder(os.path.dirname(os.path.abspath(out_path)), "output folder")
         try:
             with atomic_path(out_path) as tmp:
-                fig.savefig(tmp, dpi=DPI, format="png")
+                fig.savefig(tmp, dpi=DPI, format=suffix)
         except OSError as exc:
             raise UserError(f"{out_path}: cannot write the figure ({exc.strerror or exc})") from None
     finally:
@@ -705,8 +713,11 @@ def read_train_log(path):
 
     if not os.path.isfile(path):
         raise UserError(f"{path}: training log not found (training.py writes <paths.outputs>/train_log.csv)")
-    with open(path, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise UserError(f"{path}: cannot read as a CSV text file ({type(exc).__name__}: {exc})") from None
     if not rows:
         raise UserError(f"{path}: no epochs in the training log")
     missing = [c for c in ("epoch", "train_loss", "val_loss", "lr") if c not in rows[0]]
@@ -788,6 +799,8 @@ def read_metrics(path):
             metrics = json.load(fh)
     except json.JSONDecodeError as exc:
         raise UserError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read as a JSON text file ({type(exc).__name__}: {exc})") from None
     for key in ("lead_minutes", "methods"):
         if not isinstance(metrics, dict) or key not in metrics:
             raise UserError(f"{path}: no {key!r}; expected {{'thresholds', 'lead_minutes', 'methods'}}")
@@ -878,6 +891,9 @@ def plot_verification(metrics, score, out_path, title="Verification", thresholds
         thresholds = [t for t in thresholds if t in [float(w) for w in wanted]]
     if per_threshold and not thresholds:
         thresholds = sorted({float(k) for s in methods.values() for k in s[score]})
+    if per_threshold and not thresholds:
+        raise UserError(f"score {score!r}: no threshold to draw (the metrics' thresholds {wanted or []} and its "
+                        f"{score} values are empty)")
     curves = _score_curves(methods, score, thresholds)
     against_threshold = per_threshold and lead.size == 1
     panels = thresholds if per_threshold and not against_threshold else [None]

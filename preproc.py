@@ -76,7 +76,8 @@ from zarr.codecs import ZstdCodec
 from tqdm import tqdm
 
 from atomic import atomic_path
-from config import UserError, add_config_arg, add_override_flags, load_params, overrides_from, run_main
+from config import (UserError, add_config_arg, add_override_flags, ensure_folder, list_folder, load_params,
+                    overrides_from, run_main)
 from interpolation import fill_time_linear
 from baselines import motion_field
 from normalization import channel_list, denormalize_target, normalize_inplace, sample_starts, transform, window_steps
@@ -172,7 +173,8 @@ def scan_source(raw_dir, case_id, source, channels, grid):
     if not os.path.isdir(folder):
         raise UserError(f"case {case_id}: source folder {folder} missing (data.inputs / data.target "
                         f"list source {source!r})")
-    names = sorted(n for n in os.listdir(folder) if n.endswith(".npy") and not n.startswith("."))
+    names = [n for n in list_folder(folder, f"case {case_id}: source folder")
+             if n.endswith(".npy") and not n.startswith(".")]
     if not names:
         raise UserError(f"case {case_id}: {folder}: no .npy files")
     entries, n = [], len(channels)
@@ -266,7 +268,8 @@ def split_cases(case_ids, split, skipped=()):
     """{"train": [...], "val": [...], "test": [...]} (sorted ids) from data.split.
 
     Ratios: ids sorted, permuted with default_rng(seed), counts by largest remainder, every split
-    with a ratio > 0 gets at least one case when possible. Lists: ids must exist (ids of skipped
+    with a ratio > 0 gets at least one case when possible; skipped bad cases take part in the draw
+    and are then left out, so skipping a case never moves another case to another split. Lists: ids must exist (ids of skipped
     bad cases are dropped) and appear in one list only; cases in no list are not processed.
     """
     case_ids = sorted(case_ids)
@@ -280,6 +283,7 @@ def split_cases(case_ids, split, skipped=()):
                     raise UserError(f"data.split.{name}: case {case!r} not found among the raw cases")
                 seen[case] = name
         return {name: sorted(c for c in split[name] if c in case_ids) for name in SPLITS}
+    kept, case_ids = set(case_ids), sorted(set(case_ids) | set(skipped))
     n = len(case_ids)
     ratios = np.array([split[name] for name in SPLITS], dtype=np.float64)
     exact = ratios * n
@@ -295,7 +299,7 @@ def split_cases(case_ids, split, skipped=()):
                 counts[i] += 1
     order = [case_ids[i] for i in np.random.default_rng(split["seed"]).permutation(n)]
     bounds = np.concatenate([[0], np.cumsum(counts)])
-    return {name: sorted(order[bounds[i]:bounds[i + 1]]) for i, name in enumerate(SPLITS)}
+    return {name: sorted(c for c in order[bounds[i]:bounds[i + 1]] if c in kept) for i, name in enumerate(SPLITS)}
 
 
 # --------------------------------------------------------------------------- 5: statistics
@@ -510,8 +514,8 @@ def discover(params, skip_bad_cases):
     raw_dir = params["paths"]["raw_dataset"]
     if not os.path.isdir(raw_dir):
         raise UserError(f"{raw_dir}: raw dataset folder not found (paths.raw_dataset)")
-    case_ids = sorted(n for n in os.listdir(raw_dir)
-                      if os.path.isdir(os.path.join(raw_dir, n)) and not n.startswith("."))
+    case_ids = [n for n in list_folder(raw_dir, "paths.raw_dataset")
+                if os.path.isdir(os.path.join(raw_dir, n)) and not n.startswith(".")]
     if not case_ids:
         raise UserError(f"{raw_dir}: no case folders (expected <case>/<source>/<YYYYmmddHHMM>.npy)")
     plans, skipped = {}, {}
@@ -556,6 +560,8 @@ def remove_stale(out_dir, split):
 def preprocess(params, skip_bad_cases=False, progress=True):
     """Run the seven steps; returns a summary dict (see the keys at the end)."""
     out_dir, data = params["paths"]["processed_data"], params["data"]
+    for name in SPLITS:  # a file in the way or no permission: said before any work
+        ensure_folder(os.path.join(out_dir, name), "paths.processed_data")
     plans, skipped = discover(params, skip_bad_cases)
     split = split_cases(list(plans), data["split"], skipped)
     if not split["train"]:
@@ -563,8 +569,6 @@ def preprocess(params, skip_bad_cases=False, progress=True):
                         "see data.split)")
     samples = count_windows(plans, split, data)
     stats = compute_stats(plans, split, params, progress)
-    for name in SPLITS:
-        os.makedirs(os.path.join(out_dir, name), exist_ok=True)
     jobs = [(name, case) for name in SPLITS for case in split[name]]
     for name, case in tqdm(jobs, desc="write", unit="case", disable=not progress):
         try:

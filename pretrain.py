@@ -51,8 +51,8 @@ from config import UserError
 from dataset import FrameWindowDataset
 from model import SparKUNet, count_parameters
 from normalization import load_stats, target_input_frames
-from training import (Diverged, check_same_run, load_checkpoint, pick_device, read_log, rng_states, save_checkpoint,
-                      seed_everything, write_log)
+from training import (Diverged, check_same_run, load_checkpoint, load_model_state, pick_device, read_log, rng_states,
+                      save_checkpoint, seed_everything, write_log)
 
 STRIDE = SparKUNet.stride
 VAL_MASK_SEED = 7919  # held-out masks: torch.Generator seeded by training.seed + this, the same every epoch
@@ -324,7 +324,8 @@ def main(argv=None):
     seed_everything(params["training"]["seed"])
     model = build(params, stats, frames).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.0, weight_decay=pre["weight_decay"])
-    ckpt_dir, out_dir = (os.path.join(paths[k], pre["exp_name"]) for k in ("checkpoints", "outputs"))
+    ckpt_dir, out_dir = (config.ensure_folder(os.path.join(paths[k], pre["exp_name"]), f"paths.{k}")
+                         for k in ("checkpoints", "outputs"))
     last_path, best_path = os.path.join(ckpt_dir, "last.pt"), os.path.join(ckpt_dir, "best.pt")
     log_path = os.path.join(out_dir, "pretrain_log.csv")
     start = (0, 0, math.inf, [])
@@ -333,7 +334,7 @@ def main(argv=None):
         if state.get("kind") != "spark_pretraining":
             raise UserError(f"{last_path}: not a pretrain.py checkpoint")
         check_same_run(last_path, state["params"], params, RUN_KEYS)
-        model.load_state_dict(state["model"])
+        load_model_state(model, state["model"], last_path)
         optimizer.load_state_dict(state["optimizer"])
         start = (state["epoch"], state["step"], state["best_val"], read_log(log_path, state["epoch"]))
         print(f"resumed from {last_path}: {state['epoch']} epochs done, step {state['step']}")
@@ -346,7 +347,7 @@ def main(argv=None):
     except Diverged as exc:
         print(f"error: pretraining stopped: {exc} (lower --base_lr?)", file=sys.stderr)
         return 1
-    model.load_state_dict(load_checkpoint(best_path, device)["model"])
+    load_model_state(model, load_checkpoint(best_path, device)["model"], best_path)
     png = reconstruction_panels(model, val_loader, params, stats, device, os.path.join(out_dir, "reconstruction.png"))
     print(f"pretrain: {pre['ep'] - start[0]} epochs -> {best_path}, {last_path}, {log_path}, {png}")
     return 0

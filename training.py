@@ -293,6 +293,22 @@ def load_checkpoint(path, device="cpu"):
     return state
 
 
+def load_model_state(model, saved, path):
+    """model.load_state_dict(saved) (the "model" of checkpoint `path`); UserError naming the checkpoint
+    when its tensors do not fit the model (missing, unexpected, or of another shape)."""
+    own = model.state_dict()
+    if not isinstance(saved, dict):
+        raise UserError(f"{path}: its 'model' is a {type(saved).__name__}, expected the model's tensors")
+    missing = [k for k in own if k not in saved]
+    unexpected = [k for k in saved if k not in own]
+    resized = [k for k in own if k in saved and tuple(getattr(saved[k], "shape", ())) != tuple(own[k].shape)]
+    if missing or unexpected or resized:
+        first = (resized or missing or unexpected)[0]
+        raise UserError(f"{path}: its weights do not fit the {type(model).__name__} of the config ({len(missing)} "
+                        f"missing, {len(unexpected)} unexpected, {len(resized)} of another shape; first: {first})")
+    model.load_state_dict(saved)
+
+
 def pick_device(name, local_rank=0):
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("training.device: 'cuda' asked for, but no CUDA device is available")
@@ -305,8 +321,12 @@ def read_log(path, up_to_epoch):
     """Rows of an existing train_log.csv with epoch <= up_to_epoch (kept on --resume)."""
     if not os.path.isfile(path):
         return []
-    with open(path, newline="") as fh:
-        return [row for row in csv.DictReader(fh) if int(row["epoch"]) <= up_to_epoch]
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            return [row for row in csv.DictReader(fh) if int(row["epoch"]) <= up_to_epoch]
+    except (OSError, UnicodeDecodeError, csv.Error, KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{path}: cannot read the training log ({type(exc).__name__}: {exc}); move it away to "
+                        "start a new one") from None
 
 
 def write_log(path, rows, columns=LOG_COLUMNS):
@@ -334,9 +354,13 @@ def resume(progress, model, optimizer, scheduler, task, params, run):
         if key not in state:
             raise UserError(f"{progress.last}: not a training.py checkpoint (no {key!r})")
     check_same_run(progress.last, state["params"], params)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
+    load_model_state(model, state["model"], progress.last)
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{progress.last}: its optimizer state does not fit the model ({type(exc).__name__}: "
+                        f"{exc}); start without --resume") from None
     if hasattr(task, "load_extra_state"):
         task.load_extra_state(state.get("extra"))
     progress.epoch, progress.step, progress.best_val = state["epoch"], state["step"], state["best_val"]
@@ -350,14 +374,21 @@ def resume(progress, model, optimizer, scheduler, task, params, run):
               f"best validation score {progress.best_val:.4g} (training.select_on)")
 
 
-RUN_KEYS = ("task", "model", "data.inputs", "data.target", "data.transform", "data.input_steps",
+# the optimiser and its schedule continue from last.pt, so training.lr, weight_decay, lr_factor and lr_patience
+# given now would be ignored: they must be the checkpoint's
+RUN_KEYS = ("task", "model", "training.lr", "training.weight_decay", "training.lr_factor", "training.lr_patience",
+            "data.inputs", "data.target", "data.transform", "data.input_steps",
             "data.lead_steps", "data.output_steps", "training.select_on", "training.select_threshold")
 
 
 def check_same_run(path, saved, params, keys=RUN_KEYS):
     """UserError when a checkpoint was made with other settings than `params` in any of `keys`."""
     for dotted in keys:
-        key, before, now = first_difference(dotted, config.get_dotted(saved, dotted), config.get_dotted(params, dotted))
+        try:
+            saved_value = config.get_dotted(saved, dotted)
+        except (KeyError, TypeError):  # an older or damaged checkpoint
+            saved_value = None
+        key, before, now = first_difference(dotted, saved_value, config.get_dotted(params, dotted))
         if key is not None:
             raise UserError(f"{path}: made with {key} = {json.dumps(before)}, but the config has "
                             f"{json.dumps(now)}; use the same settings or start without --resume")
@@ -627,7 +658,7 @@ def final_test(params, task, model, progress, run):
     """Load best.pt and score it with persistence on the whole test split -> <outputs>/test_metrics.json."""
     if not os.path.exists(progress.best):
         raise UserError(f"{progress.best}: no best checkpoint to test")
-    model.load_state_dict(load_checkpoint(progress.best, run.device)["model"])
+    load_model_state(model, load_checkpoint(progress.best, run.device)["model"], progress.best)
     report = test(model, task, progress.test_loader, params, run.device)
     out = os.path.join(params["paths"]["outputs"], "test_metrics.json")
     with atomic_path(out) as tmp, open(tmp, "w") as fh:
@@ -702,6 +733,8 @@ def main(argv=None):
     args = parse_args(argv)
     # 1. parameters: params.json, overridden by the command line
     params = config.load_params(args.config, config.overrides_from(args))
+    for key in ("checkpoints", "outputs"):  # a file in the way or no permission: said before any work
+        config.ensure_folder(params["paths"][key], f"paths.{key}")
     run = Run(params["training"]["device"])
     # 2. the data: train/val/test datasets (dataset.load_datasets makes the loaders inside fit)
     task = make_task(params)

@@ -175,34 +175,6 @@ def main(argv=None):
     return 0
 
 
-def read_forecast_npz(path):
-    """Arguments of plotting.plot_forecast_panels from an .npz sample; UserError when keys are missing."""
-    if not os.path.isfile(path):
-        raise UserError(f"{path}: file not found")
-    try:
-        data = np.load(path)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path}: not an .npz file ({exc})") from None
-    missing = [k for k in ("inputs", "target", "prediction", "lead_minutes") if k not in data.files]
-    if missing:
-        raise UserError(f"{path}: missing array(s) {', '.join(missing)}; expected inputs, target, prediction, "
-                        "lead_minutes (+ optional coverage, input_minutes)")
-    sample = {k: data[k] for k in ("inputs", "target", "prediction")}
-    sample["lead_minutes"] = [float(v) for v in data["lead_minutes"]]
-    for key in ("coverage", "input_minutes"):
-        sample[key] = data[key] if key in data.files else None
-    try:
-        plotting.check_forecast_shapes(sample["inputs"], sample["target"], sample["prediction"],
-                                       sample["lead_minutes"])
-    except ValueError as exc:
-        raise UserError(f"{path}: {exc}") from None
-    return sample
-
-
-if __name__ == "__main__":
-    run_main(main)
-
-
 def read_forecast_file(path):
     """Arguments of plotting.plot_forecast_maps from evaluate.py --predict's output (.nc or .zarr):
     rain_rate (lead, y, x) mm/h (NaN: no forecast), lead (minutes), optional coverage ((y, x) or
@@ -231,3 +203,31 @@ def read_forecast_file(path):
     case = ds.attrs.get("case", stem(path))
     return {"prediction": prediction, "lead_minutes": lead_minutes, "coverage": coverage,
             "title": f"Forecast {case}" + (f" from {when}" if when else "")}
+
+
+def read_forecast_npz(path):
+    """Arguments of plotting.plot_forecast_panels from an .npz sample; UserError when keys are missing."""
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: file not found")
+    try:
+        data = np.load(path)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: not an .npz file ({exc})") from None
+    missing = [k for k in ("inputs", "target", "prediction", "lead_minutes") if k not in data.files]
+    if missing:
+        raise UserError(f"{path}: missing array(s) {', '.join(missing)}; expected inputs, target, prediction, "
+                        "lead_minutes (+ optional coverage, input_minutes)")
+    sample = {k: data[k] for k in ("inputs", "target", "prediction")}
+    sample["lead_minutes"] = [float(v) for v in data["lead_minutes"]]
+    for key in ("coverage", "input_minutes"):
+        sample[key] = data[key] if key in data.files else None
+    try:
+        plotting.check_forecast_shapes(sample["inputs"], sample["target"], sample["prediction"],
+                                       sample["lead_minutes"])
+    except ValueError as exc:
+        raise UserError(f"{path}: {exc}") from None
+    return sample
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -31,41 +31,53 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import config  # noqa: E402
+from atomic import atomic_path  # noqa: E402
 
 RADAR = os.path.join(os.path.dirname(ROOT), "shared", "data", "radar")
 TEST_EVENT = "fmi-20160928"
 WINDOW = 18  # 6 input + 12 target frames
 
 
-def write_cases(out):
-    """Raw cases <event>-train / <event>-val for the training events, the test event whole; the split."""
-    split = {"train": [], "val": [], "test": []}
+def plan_cases():
+    """[(case, event file, time slice)] (raw cases <event>-train / <event>-val of the training events, the test
+    event whole) and the split {"train", "val", "test": [case]}; reads only the events' times."""
+    split, cases = {"train": [], "val": [], "test": []}, []
     for name in sorted(os.listdir(RADAR)):
         if not name.endswith(".npz"):
             continue
         event = name[:-4]
         with np.load(os.path.join(RADAR, name)) as z:
-            rain, times = z["rain_rate"], z["time"]
-        n_val = max(len(times) // 4, WINDOW)
+            n_times = len(z["time"])
+        n_val = max(n_times // 4, WINDOW)
         parts = [(event, slice(None), "test")] if event == TEST_EVENT else \
-            [(f"{event}-train", slice(0, len(times) - n_val), "train"),
-             (f"{event}-val", slice(len(times) - n_val, None), "val")]
+            [(f"{event}-train", slice(0, n_times - n_val), "train"),
+             (f"{event}-val", slice(n_times - n_val, None), "val")]
         for case, part, which in parts:
-            folder = os.path.join(out, case, "radar")
-            os.makedirs(folder, exist_ok=True)
-            for frame, stamp in zip(rain[part], times[part]):
-                path = os.path.join(folder, f"{stamp}.npy")
-                if not os.path.exists(path):
-                    np.save(path, frame.astype(np.float32))
+            cases.append((case, name, part))
             split[which].append(case)
-    return split
+    return cases, split
+
+
+def write_cases(out, cases):
+    """The frames of every planned case as <out>/<case>/radar/<YYYYmmddHHMM>.npy (files already there are kept)."""
+    for case, name, part in cases:
+        with np.load(os.path.join(RADAR, name)) as z:
+            rain, times = z["rain_rate"][part], z["time"][part]
+        folder = config.ensure_folder(os.path.join(out, case, "radar"), "--out")
+        for frame, stamp in zip(rain, times):
+            path = os.path.join(folder, f"{stamp}.npy")
+            if not os.path.exists(path):
+                with atomic_path(path, suffix=".tmp.npy") as tmp:  # np.save adds .npy to other names
+                    np.save(tmp, frame.astype(np.float32))
 
 
 def parse_set(items):
     """--set KEY=VALUE (VALUE as JSON, else a string) -> {dotted key: value}."""
     out = {}
     for item in items:
-        key, _, text = item.partition("=")
+        key, equals, text = item.partition("=")
+        if not equals or not key:
+            raise config.UserError(f"--set {item!r}: expected KEY=VALUE, e.g. training.loss.name=mse")
         try:
             out[key] = json.loads(text)
         except json.JSONDecodeError:
@@ -73,7 +85,8 @@ def parse_set(items):
     return out
 
 
-def write_params(out, run_dir, split, args):
+def make_params(out, run_dir, split, args):
+    """The run's validated params: params.json with this benchmark's data and training settings and --set."""
     params = config.load_params(os.path.join(ROOT, "params.json"))
     params["paths"].update(raw_dataset=f"{out}/raw", processed_data=f"{out}/processed",
                            checkpoints=f"{run_dir}/checkpoints", outputs=run_dir)
@@ -83,16 +96,25 @@ def write_params(out, run_dir, split, args):
                               num_workers=1, cpu_minutes=args.cpu_minutes)
     for key, value in parse_set(args.set).items():
         config.set_dotted(params, key, value)
+    try:
+        return config.validate(params)
+    except config.UserError as exc:
+        raise config.UserError(f"--set: {exc}") from None
+
+
+def write_params(run_dir, params):
     cfg = os.path.join(run_dir, "params.json")
-    os.makedirs(run_dir, exist_ok=True)
-    with open(cfg, "w") as fh:
-        json.dump(config.validate(params), fh, indent=1)
+    with atomic_path(cfg) as tmp, open(tmp, "w") as fh:
+        json.dump(params, fh, indent=1)
     return cfg
 
 
 def run(cmd):
+    """Run a pipeline script; UserError when it fails (its own error line is printed above)."""
     print("$ " + " ".join(cmd), flush=True)
-    subprocess.run(cmd, cwd=ROOT, check=True)
+    code = subprocess.run(cmd, cwd=ROOT).returncode
+    if code:
+        raise config.UserError(f"{cmd[1]} stopped with exit status {code} (its message is above)")
 
 
 def print_tables(report):
@@ -107,7 +129,17 @@ def print_tables(report):
             print(f"  {method:<14}" + " ".join(f"{v:6.3f}" for v in values) + f"  {np.nanmean(values):6.3f}")
 
 
-def main():
+def check_flags(args):
+    """UserError for a bad flag value, before any work."""
+    for flag, value, least in (("--cpu_minutes", args.cpu_minutes, 0), ("--steps_per_epoch", args.steps_per_epoch, 1),
+                               ("--stride", args.stride, 1)):
+        if not value >= least:  # NaN too
+            raise config.UserError(f"{flag} {value}: expected a number >= {least}")
+    if not args.name.strip() or os.sep in args.name or args.name in (".", ".."):
+        raise config.UserError(f"--name {args.name!r}: expected a folder name without {os.sep!r}")
+
+
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cpu_minutes", type=float, default=20.0,
@@ -119,17 +151,25 @@ def main():
                         help="split scored at the end: val to choose settings, test once (default: test)")
     parser.add_argument("--steps_per_epoch", type=int, default=25, help="training steps per epoch (default: 25)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="params.json keys to change for this run, e.g. training.loss.name=mse")
+                        help="params.json keys to change for this run, VALUE as JSON (else a string), e.g. "
+                             "training.loss.name=mse (default: none)")
     parser.add_argument("--skip_training", action="store_true", help="score the run's existing best.pt")
     parser.add_argument("--stride", type=int, default=1, help="score every N-th window (default: 1, all)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    check_flags(args)
     if not os.path.isdir(RADAR):
         print(f"skipped: {RADAR} not found (the real events ship with the project's shared data only)")
-        return
+        return 0
     out = os.path.join(ROOT, args.out)
     run_dir = os.path.join(out, args.name)
-    split = write_cases(os.path.join(out, "raw"))
-    cfg = write_params(out, run_dir, split, args)
+    cases, split = plan_cases()
+    params = make_params(out, run_dir, split, args)
+    config.ensure_folder(run_dir, "--out")
+    best = f"{run_dir}/checkpoints/best.pt"
+    if args.skip_training and not os.path.isfile(best):
+        raise config.UserError(f"--skip_training: {best} not found (train this run first)")
+    write_cases(os.path.join(out, "raw"), cases)
+    cfg = write_params(run_dir, params)
     py = sys.executable
     if not os.path.isfile(os.path.join(out, "processed", "stats.json")):
         run([py, "preproc.py", "--config", cfg])
@@ -137,7 +177,7 @@ def main():
     if not args.skip_training:
         run([py, "training.py", "--config", cfg, "--skip_test"])
     trained = time.time() - started
-    run([py, "evaluate.py", "--config", cfg, "--checkpoint", f"{run_dir}/checkpoints/best.pt", "--split", args.split,
+    run([py, "evaluate.py", "--config", cfg, "--checkpoint", best, "--split", args.split,
          "--stride", str(args.stride)])
     with open(os.path.join(run_dir, "eval", args.split, "metrics.json")) as fh:
         report = json.load(fh)
@@ -147,7 +187,8 @@ def main():
     print(f"\nreal-data run {args.name}: training {trained / 60:.1f} wall min; {args.set or 'params.json settings'}")
     print_tables(report)
     print(f"plots: {plot}, {run_dir}/eval/{args.split}/")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    config.run_main(main)

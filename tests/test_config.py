@@ -229,6 +229,33 @@ def test_atomic_path_renames_on_success_and_leaves_nothing_on_failure(tmp_path):
     assert sorted(os.listdir(store)) == ["new"]
 
 
+def test_atomic_path_bad_places_are_one_line(tmp_path, monkeypatch):
+    from atomic import atomic_path
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(config.UserError, match=f"^output folder {blocker / 'sub'}: {blocker} is a file, "
+                                               "expected a folder$"):
+        with atomic_path(str(blocker / "sub" / "out.json")):
+            pass
+    folder = tmp_path / "a_folder"
+    folder.mkdir()
+    with pytest.raises(config.UserError, match=f"^{folder}: is a folder, expected a file there$"):
+        with atomic_path(str(folder)) as tmp, open(tmp, "w") as fh:
+            fh.write("x")
+    assert os.listdir(folder) == [] and sorted(os.listdir(tmp_path)) == ["a_file", "a_folder"]
+    final = tmp_path / "out.json"
+    with pytest.raises(config.UserError, match=f"^{final}: cannot write it \\(Permission denied\\)$"):
+        with atomic_path(str(final)) as tmp:
+            raise PermissionError(13, "Permission denied", tmp)  # what open(tmp, "w") raises there
+    with pytest.raises(FileNotFoundError):  # an OSError about another file is no output problem
+        with atomic_path(str(final)):
+            open(tmp_path / "missing_input")
+    monkeypatch.setattr(os, "access", lambda *a: False)  # a folder without write permission (we run as root)
+    with pytest.raises(config.UserError, match=f"^output folder {tmp_path}: no permission to write there$"):
+        with atomic_path(str(final)):
+            pass
+
+
 def test_radar_example_config_is_valid_and_names_the_real_events():
     from conftest import RADAR_DIR
     params = config.load_params(os.path.join(ROOT, "params_radar.json"))
@@ -272,3 +299,40 @@ def test_numbers_must_be_finite(params, value):
     params["sea_ice"]["alpha"] = 25.0
     params["evaluation"]["thresholds"] = [0.5, value]
     assert error_of(params).startswith("evaluation.thresholds[1]: expected a finite")
+
+
+@pytest.mark.parametrize("dotted, value, message", [
+    ("evaluation.thresholds", [], "evaluation.thresholds: expected at least 1 item, got []"),
+    ("evaluation.thresholds", [1.0, 0.5], "evaluation.thresholds: expected values in strictly ascending order, "
+                                          "got [1.0, 0.5]"),
+    ("evaluation.thresholds", [0.5, 1e30], "evaluation.thresholds[1]: expected a value <= 1000 (mm/h), got 1e+30"),
+    ("evaluation.fss_windows", [0], "evaluation.fss_windows[0]: expected a value >= 1, got 0"),
+    ("evaluation.methods", [], "evaluation.methods: expected at least 1 item, got []"),
+    ("evaluation.methods", ["model", "model"], "evaluation.methods: expected each value once, got 'model' twice "
+                                               "in ['model', 'model']"),
+    ("evaluation.methods", ["modle"], "evaluation.methods[0]: expected one of model, persistence, extrapolation, "
+                                      "got 'modle'"),
+    ("training.loss.thresholds", [5.0, 2.0, 10.0, 30.0], "training.loss.thresholds: expected values in strictly "
+                                                        "ascending order, got [5.0, 2.0, 10.0, 30.0]"),
+    ("training.lr_factor", 1.0, "training.lr_factor: expected a value below 1, got 1.0"),
+    ("training.seed", -1, "training.seed: expected a value >= 0, got -1"),
+    ("training.seed", 2**64, f"training.seed: expected a value <= {2**32 - 1}, got {2**64}"),
+    ("data.split.seed", -5, "data.split.seed: expected a value >= 0, got -5"),
+    ("data.patch_size", 10**9, "data.patch_size: expected a value <= 4096 (pixels), got 1000000000"),
+    ("data.rain_patch_prob", 1.5, "data.rain_patch_prob: expected a value <= 1 (fraction), got 1.5"),
+    ("data.rain_threshold", 1e30, "data.rain_threshold: expected a value <= 1000 (mm/h), got 1e+30"),
+    ("data.inputs", {"radar": []}, "data.inputs.radar: expected at least 1 item, got []"),
+    ("data.inputs", {"radar": ["rain_rate", "rain_rate"]},
+     "data.inputs.radar: expected each value once, got 'rain_rate' twice in ['rain_rate', 'rain_rate']"),
+    ("data.inputs", {"radar": ["rain_rate"], "nwp": ["rain_rate"]},
+     "data.inputs.nwp: channel 'rain_rate' is also in data.inputs.radar; expected each channel name once "
+     "(data.transform is keyed by channel)"),
+    ("model.convlstm_unet.kernel_size", 4, "model.convlstm_unet.kernel_size: expected an odd size (the padding "
+                                           "keeps the frame size), got 4"),
+    ("model.encoder_forecaster.hidden_channels", [], "model.encoder_forecaster.hidden_channels: expected at least "
+                                                     "1 item, got []"),
+])
+def test_value_checks_name_the_key_and_what_was_expected(dotted, value, message):
+    params = minimal()
+    config.set_dotted(params, dotted, value)
+    assert error_of(params) == message

@@ -285,8 +285,11 @@ def test_load_datasets_and_workers(params, tmp_path):
 
 def test_errors(params, tmp_path, ramp_store):
     p, out = ramp_store
-    with pytest.raises(config.UserError, match="no .zarr stores"):
+    with pytest.raises(config.UserError, match=r"empty: no .zarr stores \(run preproc.py; see paths.processed_data\)$"):
         dataset.ZarrPatchDataset(str(tmp_path / "empty"), p)
+    with pytest.raises(config.UserError, match=r"test: no .zarr stores \(preproc.py gave this split no case: see "
+                                               r"data.split\)$"):
+        dataset.ZarrPatchDataset(str(out / "test"), p)  # ramp_store's split gives test no case
     other = json.loads(json.dumps(p))
     other["data"]["inputs"] = {"radar": ["rain_rate"], "nwp": ["t2m"]}
     with pytest.raises(config.UserError, match="re-run preproc.py"):
@@ -310,3 +313,40 @@ def test_command_line_reports_splits_and_a_batch(processed, tmp_path, capsys):
 
 def count_stores(processed, split):
     return len([n for n in os.listdir(os.path.join(processed, split)) if n.endswith(".zarr")])
+
+
+def test_damaged_stats_and_stores_are_one_line(ramp_store):
+    p, out = ramp_store
+    stats_path = out / "stats.json"
+    good = stats_path.read_text()
+    stats_path.write_bytes(b"\x00\x85 not json")
+    with pytest.raises(config.UserError, match=f"^{stats_path}: cannot read it as JSON \\(UnicodeDecodeError"):
+        dataset.make_datasets(p)
+    stats_path.write_text('{"channels": ["rain_rate"]}')
+    with pytest.raises(config.UserError, match=f"^{stats_path}: no sources, transform, min, max, target \\(not a "):
+        dataset.make_datasets(p)
+    stats_path.write_text(good)
+    store = out / "train" / "a.zarr"
+    os.rename(store / "rain_max", out / "rain_max")  # an array missing
+    with pytest.raises(config.UserError, match=f"^{store}: rain_max missing \\(an interrupted or foreign store\\)"):
+        dataset.ZarrPatchDataset(str(out / "train"), p)
+    os.rename(out / "rain_max", store / "rain_max")
+    (out / "train" / "b.zarr").mkdir()  # an empty folder named like a store
+    with pytest.raises(config.UserError, match=f"^{out / 'train' / 'b.zarr'}: not a readable Zarr store"):
+        dataset.ZarrPatchDataset(str(out / "train"), p)
+
+
+@pytest.mark.parametrize("dotted, value, message", [
+    ("data.time_step_minutes", 10, "data.time_step_minutes: 10, but {stats} has 5; re-run preproc.py, or set it back"),
+    ("data.max_gap_steps", 1, "data.max_gap_steps: 1, but {stats} has 3; re-run preproc.py, or set it back"),
+    ("data.transform", {"rain_rate": "log1p"}, "data.transform.rain_rate: 'log1p', but {stats} has 'none'; re-run "
+                                               "preproc.py, or set it back"),
+])
+def test_a_config_edited_after_preproc_is_refused(ramp_store, dotted, value, message):
+    p, out = ramp_store
+    edited = json.loads(json.dumps(p))
+    config.set_dotted(edited, dotted, value)
+    with pytest.raises(config.UserError) as info:
+        dataset.make_datasets(config.validate(edited))
+    assert str(info.value) == message.format(stats=out / "stats.json")
+

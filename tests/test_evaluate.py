@@ -127,8 +127,18 @@ def test_predict_writes_a_forecast_file(trained, raw_cases, tmp_path):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--methods", "model,rover"], "error: --methods: unknown method 'rover'; expected model, persistence, "
-                                   "extrapolation"),
+    (["--methods", "model,rover"], "error: --methods: evaluation.methods[1]: expected one of model, persistence, "
+                                   "extrapolation, got 'rover'"),
+    (["--methods", "model,model"], "error: --methods: evaluation.methods: expected each value once, got 'model' "
+                                   "twice in ['model', 'model']"),
+    (["--methods", ""], "error: --methods: evaluation.methods[0]: expected one of model, persistence, "
+                        "extrapolation, got ''"),
+    (["--stride", "0"], "error: --stride 0: expected an integer >= 1"),
+    (["--batch_size", "0"], "error: --batch_size 0: expected an integer >= 1"),
+    (["--t0", "202406011200"], "error: --t0 202406011200: only used with --predict RAW_CASE_DIR"),
+    (["--output", "f.nc"], "error: --output f.nc: only used with --predict RAW_CASE_DIR"),
+    (["--predict", "/nonexistent/case", "--output", "f.png"], "error: --output f.png: expected a name ending in "
+                                                             ".nc or .zarr"),
     (["--split", "val", "--predict", "/nonexistent/case"], "error: /nonexistent/case: raw case folder not found"),
 ])
 def test_user_errors(trained, extra, message):
@@ -212,3 +222,81 @@ def test_a_file_that_is_not_a_checkpoint_is_one_line(trained, tmp_path):
                            "--checkpoint", str(path)], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2 and proc.stderr.strip() == \
         f"error: {path}: not a training.py checkpoint (expected a dict with 'model', got Tensor)"
+
+
+def test_outputs_under_a_file_are_refused_before_any_work(trained, raw_cases, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    params = config.load_params(trained["config"])
+    params["paths"]["outputs"] = str(blocker / "out")
+    cfg = tmp_path / "params.json"
+    cfg.write_text(json.dumps(params))
+    case = os.path.join(raw_cases["dir"], sorted(raw_cases["cases"])[1])
+    for extra, folder, what in (([], blocker / "out" / "eval" / "test", "paths.outputs"),
+                                (["--predict", case, "--output", str(blocker / "f.nc")], blocker, "--output folder")):
+        with pytest.raises(SystemExit) as info:
+            config.run_main(evaluate.main, ["--config", str(cfg), "--checkpoint", trained["checkpoint"], *extra])
+        assert info.value.code == 2
+        assert capsys.readouterr().err == f"error: {what} {folder}: {blocker} is a file, expected a folder\n"
+
+
+def test_checkpoint_whose_weights_do_not_fit_is_one_line(trained, tmp_path):
+    state = torch.load(trained["checkpoint"], weights_only=False)
+    name = next(iter(state["model"]))
+    del state["model"][name]
+    path = tmp_path / "damaged.pt"
+    torch.save(state, path)
+    del state["params"]
+    no_params = tmp_path / "no_params.pt"
+    torch.save(state, no_params)
+    for checkpoint, message in ((path, f"its weights do not fit the ConvLSTM_UNet of the config (1 missing, 0 "
+                                       f"unexpected, 0 of another shape; first: {name})"),
+                                (no_params, "not a training.py checkpoint (no 'params')")):
+        proc = subprocess.run([sys.executable, os.path.join(ROOT, "evaluate.py"), "--config", trained["config"],
+                               "--checkpoint", str(checkpoint)], capture_output=True, text=True, cwd=ROOT)
+        assert proc.returncode == 2 and proc.stderr == f"error: {checkpoint}: {message}\n"
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--set", "training.lr"], "--set 'training.lr': expected KEY=VALUE, e.g. training.loss.name=mse"),
+    (["--set", "training.lr=-1"], "--set: training.lr: expected a value >= 0, got -1"),
+    (["--stride", "0"], "--stride 0: expected a number >= 1"),
+    (["--name", "a/b"], "--name 'a/b': expected a folder name without '/'"),
+    (["--out", "{blocker}/real"], "--out {blocker}/real/default: {blocker} is a file, expected a folder"),
+    (["--skip_training"], "--skip_training: {out}/default/checkpoints/best.pt not found (train this run first)"),
+])
+def test_real_data_bench_flags_are_checked_before_any_work(tmp_path, extra, message):
+    if not os.path.isdir(os.path.join(os.path.dirname(ROOT), "shared", "data", "radar")):
+        pytest.skip("the real radar events ship with the shared data only")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    out = tmp_path / "real"
+    args = [a.format(blocker=blocker) for a in extra]
+    if "--out" not in extra:
+        args += ["--out", str(out)]
+    proc = subprocess.run([sys.executable, os.path.join("bench", "real_data.py"), *args], capture_output=True,
+                          text=True, cwd=ROOT)
+    assert proc.returncode == 2 and proc.stderr == f"error: {message.format(blocker=blocker, out=out)}\n"
+    assert not (out / "raw").exists()
+
+
+def test_model_rain_rates_are_clipped_to_a_physical_range(trained):
+    class Wild(torch.nn.Module):  # normalised outputs far outside 0..1, as an extrapolating network gives
+        def forward(self, x):
+            return torch.tensor([-3.0, 0.5, 40.0]).reshape(1, 3, 1, 1, 1).expand(x.shape[0], 3, 1, 4, 4)
+    params = config.load_params(trained["config"])
+    stats = load_stats(params["paths"]["processed_data"])
+    assert stats["target"]["transform"] == "log1p"
+    forecaster = evaluate.Forecaster(Wild(), stats, params, torch.device("cpu"))
+    out = forecaster.model_forecast(np.zeros((2, 3, 1, 4, 4), np.float32))
+    middle = float(denormalize_target(np.float64(0.5), stats))
+    assert out.shape == (2, 3, 4, 4)
+    np.testing.assert_allclose(out[:, 0], 0.0)
+    np.testing.assert_allclose(out[:, 1], middle, rtol=1e-5)
+    np.testing.assert_allclose(out[:, 2], config.RAIN_RATE_MAX)
+
+
+def test_table_cells_stay_in_their_column():
+    assert evaluate.table_cell(0.12345) == "0.1235"
+    assert evaluate.table_cell(12345678.9) == "1.235e+07"
+    assert all(len(evaluate.table_cell(v)) <= 10 for v in (-99999.99999, 1e30, float("nan"), -1e-30))

@@ -136,3 +136,15 @@ def test_rain_cells_move():
     shift = np.hypot(*np.subtract(centroids[-1], centroids[0]))
     assert shift > 2.0
     assert any(not np.array_equal(a > 0, b > 0) for a, b in zip(frames, frames[1:]))
+
+
+def test_nowcast_cases_written_again_replace_the_old_ones(tmp_path, capsys):
+    out = tmp_path / "raw"
+    assert gd.main(["nowcast", "--out", str(out), "--cases", "2", "--steps", "12", "--size", "16x16"]) == 0
+    assert gd.main(["nowcast", "--out", str(out), "--cases", "1", "--steps", "5", "--size", "16x16"]) == 0
+    case = sorted(os.listdir(out))[0]
+    assert len(os.listdir(out / case / "radar")) == 5  # a short case keeps every file; none of the longer run is left
+    assert not [n for n in os.listdir(out) if n.endswith(".tmp")]
+    other = sorted(os.listdir(out))[1]
+    assert capsys.readouterr().err == f"note: {out} also holds 1 folder(s) from before that preproc.py will read " \
+                                      f"as cases: {other}\n"

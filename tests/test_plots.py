@@ -511,3 +511,50 @@ def test_forecast_file_of_evaluate_predict(tmp_path, capsys, suffix):
     xr.Dataset({"rain": (("y", "x"), np.zeros((4, 4)))}).to_netcdf(bad)
     with pytest.raises(config.UserError, match="no variable 'rain_rate'"):
         visualization.main(["--forecast", bad, "--output_file", str(tmp_path / "x.png")])
+
+
+def run_visualization(*args):
+    """visualization.py as a script (the module's top-level order matters there): (returncode, stderr)."""
+    proc = subprocess.run([sys.executable, "visualization.py", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True)
+    return proc.returncode, proc.stderr
+
+
+def test_forecast_file_from_the_command_line(tmp_path):
+    import xarray as xr
+    path = tmp_path / "f.nc"
+    xr.Dataset({"rain_rate": (("lead", "y", "x"), np.ones((2, 8, 8), np.float32))}, coords={"lead": [5, 10]}) \
+        .to_netcdf(path)
+    code, err = run_visualization("--forecast", path, "--output_file", tmp_path / "maps.png")
+    assert code == 0, err
+    assert (tmp_path / "maps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_figure_format_follows_the_suffix_or_is_refused(tmp_path):
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps(make_metrics()))
+    assert visualization.main(["--metrics", str(path), "--output_file", str(tmp_path / "csi.pdf")]) == 0
+    assert (tmp_path / "csi.pdf").read_bytes()[:5] == b"%PDF-"
+    bad = tmp_path / "csi.jpeg2"
+    code, err = run_visualization("--metrics", path, "--output_file", bad)
+    assert code == 2 and err.strip() == f"error: {bad}: expected a figure file name ending in .png, .pdf, .svg"
+    assert not bad.exists()
+
+
+@pytest.mark.parametrize("flag", ["--train_log", "--metrics"])
+def test_binary_log_or_metrics_file_is_one_line(tmp_path, flag):
+    path = tmp_path / "binary.dat"
+    path.write_bytes(bytes([0x85, 0xff, 0x00, 0x10]) * 8)
+    code, err = run_visualization(flag, path, "--output_file", tmp_path / "x.png")
+    kind = "CSV" if flag == "--train_log" else "JSON"
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"error: {path}: cannot read as a {kind} text file (UnicodeDecodeError")
+
+
+def test_verification_without_thresholds_is_a_user_error(tmp_path):
+    metrics = make_metrics()
+    metrics["thresholds"] = []
+    for scores in metrics["methods"].values():
+        scores["csi"] = {}
+    with pytest.raises(config.UserError, match="score 'csi': no threshold to draw"):
+        plotting.plot_verification(metrics, "csi", str(tmp_path / "x.png"))

@@ -234,6 +234,15 @@ def test_ratio_split_rules():
     assert [len(three[s]) for s in preproc.SPLITS] == [1, 1, 1]  # every asked-for split gets a case
 
 
+def test_skipping_a_bad_case_keeps_every_other_case_in_its_split():
+    ids = [f"c{i:02d}" for i in range(10)]
+    ratios = {"train": 0.6, "val": 0.2, "test": 0.2, "seed": 4}
+    full = preproc.split_cases(ids, ratios)
+    for bad in ids:
+        split = preproc.split_cases([c for c in ids if c != bad], ratios, skipped={bad: "reason"})
+        assert split == {name: [c for c in full[name] if c != bad] for name in preproc.SPLITS}
+
+
 def test_explicit_split_lists(params, raw_cases, tmp_path):
     ids = sorted(raw_cases["cases"])
     out = tmp_path / "out"
@@ -589,3 +598,28 @@ def test_real_events_full(params, tmp_path):
                 rainy.append(float(y.max(initial=0)) > 0.5)
             fractions.append(np.mean(rainy))
         assert fractions[1] >= fractions[0], name
+
+
+def test_output_under_a_file_or_unreadable_input_is_one_line(params, params_file, tmp_path, capsys, monkeypatch):
+    raw = tmp_path / "raw"
+    write_aligned_case(raw, "c1")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    cfg = params_file(configure(params, raw, blocker / "processed", split=one_case_split("c1")))
+    with pytest.raises(SystemExit) as info:
+        config.run_main(preproc.main, ["--config", cfg])
+    assert info.value.code == 2
+    assert capsys.readouterr().err == (f"error: paths.processed_data {blocker / 'processed' / 'train'}: {blocker} "
+                                       "is a file, expected a folder\n")
+    real_listdir = os.listdir
+
+    def no_permission(folder):
+        if os.path.basename(folder) == "radar":
+            raise PermissionError(13, "Permission denied", folder)
+        return real_listdir(folder)
+    monkeypatch.setattr(os, "listdir", no_permission)  # we run as root: chmod would not stop us
+    with pytest.raises(SystemExit) as info:
+        config.run_main(preproc.main, ["--config", cfg, "--processed_data", str(tmp_path / "out")])
+    assert info.value.code == 2
+    assert capsys.readouterr().err == (f"error: case c1: source folder {raw / 'c1' / 'radar'}: cannot read it "
+                                       "(Permission denied) (--skip_bad_cases skips such cases)\n")

@@ -97,6 +97,20 @@ def test_user_errors_are_one_line(processed, tmp_path):
     assert proc.stderr.strip() == f"error: {tmp_path / 'ckpt' / 'last.pt'}: checkpoint not found"
 
 
+@pytest.mark.parametrize("key", ["checkpoints", "outputs"])
+def test_output_folders_under_a_file_are_refused_before_any_work(processed, tmp_path, capsys, key):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    params = tiny_params(tmp_path)
+    params["paths"].update(processed_data=processed, **{key: str(blocker / key)})
+    cfg = tmp_path / "params.json"
+    cfg.write_text(json.dumps(params))
+    with pytest.raises(SystemExit) as info:
+        config.run_main(training.main, ["--config", str(cfg)])
+    assert info.value.code == 2
+    assert capsys.readouterr() == ("", f"error: paths.{key} {blocker / key}: {blocker} is a file, expected a folder\n")
+
+
 def test_ddp_two_cpu_ranks_and_the_whole_test_split_scored_once(processed, tmp_path):
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
     if torchrun is None:
@@ -131,6 +145,36 @@ def test_resume_with_other_settings_is_one_line(processed, tmp_path, capsys):
     assert info.value.code == 2 and "\n" not in err
     assert err == f"error: {tmp_path / 'ckpt' / 'last.pt'}: made with model.name = \"convlstm_unet\", but the " \
         "config has \"encoder_forecaster\"; use the same settings or start without --resume"
+    # the optimiser and its schedule continue from last.pt: a new learning rate would be ignored, so it is refused
+    with pytest.raises(SystemExit) as info:
+        config.run_main(training.main, ["--config", cfg, "--resume", "--epochs", "3", "--lr", "0.01"])
+    assert info.value.code == 2 and capsys.readouterr().err.strip() == \
+        f"error: {tmp_path / 'ckpt' / 'last.pt'}: made with training.lr = 0.001, but the config has 0.01; use the " \
+        "same settings or start without --resume"
+
+
+def test_damaged_log_or_checkpoint_on_resume_is_one_line(processed, tmp_path, capsys):
+    cfg = write_tiny_params(tmp_path, processed, epochs=1)
+    assert training.main(["--config", cfg, "--skip_test"]) == 0
+    capsys.readouterr()
+    log, last = tmp_path / "out" / "train_log.csv", tmp_path / "ckpt" / "last.pt"
+    good_log = log.read_bytes()
+    log.write_bytes(b"\x85\xff\x00binary")
+    with pytest.raises(SystemExit) as info:
+        config.run_main(training.main, ["--config", cfg, "--resume", "--epochs", "2"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1
+    assert err.startswith(f"error: {log}: cannot read the training log (UnicodeDecodeError")
+    log.write_bytes(good_log)
+    state = torch.load(last, weights_only=False)
+    name = next(iter(state["model"]))
+    state["model"][name] = torch.zeros(3)
+    torch.save(state, last)
+    with pytest.raises(SystemExit) as info:
+        config.run_main(training.main, ["--config", cfg, "--resume", "--epochs", "2"])
+    assert info.value.code == 2 and capsys.readouterr().err == \
+        f"error: {last}: its weights do not fit the ConvLSTM_UNet of the config (0 missing, 0 unexpected, 1 of " \
+        f"another shape; first: {name})\n"
 
 
 def write_consolidated(path, days, shape=(24, 20), seed=0):

@@ -313,3 +313,24 @@ def test_max_missing_fraction_leaves_out_land_of_the_mask_and_checks_its_value(s
         everything[:, 1:, 1:] = 2
         ConsolidatedSICDataset(write_consolidated(str(tmp_path / "all.nc"), sic, flag=everything),
                                max_missing_fraction=0.5)
+
+
+def test_readme_dataset_snippet_defines_every_name_it_uses():
+    import ast
+    import builtins
+    import os
+    import re
+    from conftest import ROOT
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as fh:
+        text = fh.read()
+    section = text[text.index("### `utils.ConsolidatedSICDataset`"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    tree = ast.parse(code)
+    defined = set(dir(builtins))
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            defined.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            defined.add(node.id)
+    used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    assert used - defined == set()
