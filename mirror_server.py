@@ -47,6 +47,15 @@ STATUS_FAULTS = {"400", "403", "404", "408", "429", "500", "502", "503", "504"}
 FAULTS = {"cut", "drop", "slow", "norange"} | STATUS_FAULTS
 
 
+class QuietServer(http.server.ThreadingHTTPServer):
+    """A threading HTTP server that does not print a traceback when a client hangs up mid-request
+    (download.py closes a connection once it knows a file is already complete)."""
+
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            super().handle_error(request, client_address)
+
+
 class MirrorServer:
     """Serve `root` on http://host:port in the Bremen layout, in a background thread.
 
@@ -68,7 +77,7 @@ class MirrorServer:
         self._faults = collections.defaultdict(collections.deque)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._httpd = http.server.ThreadingHTTPServer((host, port), MirrorHandler)
+        self._httpd = QuietServer((host, port), MirrorHandler)
         self._httpd.mirror = self
         self._httpd.daemon_threads = True
         self.host, self.port = self._httpd.server_address[:2]

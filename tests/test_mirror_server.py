@@ -166,3 +166,20 @@ def test_cli_missing_root_is_one_line_exit_2(tmp_path):
                            str(tmp_path / "nope"), "--port", "0"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "nope" in proc.stderr
+
+
+def test_a_client_that_hangs_up_prints_no_traceback(tmp_path, capfd):
+    """A connection reset by the client (download.py closing early) is not an error of the server."""
+    import socket
+    import struct
+    with MirrorServer(str(tmp_path)) as srv:
+        for _ in range(3):
+            client = socket.create_connection((srv.host, srv.port))
+            client.sendall(b"GET /")  # half a request line, then a reset (SO_LINGER 0)
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            client.close()
+        time.sleep(0.3)
+        connection = http.client.HTTPConnection(srv.host, srv.port, timeout=5)
+        connection.request("GET", "/nothing")
+        assert connection.getresponse().status == 404  # still serving
+    assert "Traceback" not in capfd.readouterr().err
