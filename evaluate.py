@@ -49,7 +49,7 @@ from config import UserError
 from dataset import open_store, window_starts
 from model import Lagrangian, build_model
 from normalization import check_config, check_store, denormalize_target, target_input_frames, window_steps
-from preproc import EPOCH, NoCoverage, scan_case, write_case
+from preproc import EPOCH, NoCoverage, minutes_since_epoch, scan_case, write_case
 from training import load_checkpoint, load_model_state, pick_device
 
 CATEGORICAL = ("csi", "pod", "far", "hss", "hss_half", "ets", "frequency_bias", "accuracy", "precision", "f1")
@@ -306,12 +306,9 @@ def predict(forecaster, params, raw_case_dir, output, t0_text):
 def parse_t0(text):
     """Minutes since 1970-01-01 of a --t0 YYYYmmddHHMM; UserError naming the flag otherwise."""
     try:
-        if len(text) != 12 or not text.isdigit():
-            raise ValueError
-        when = dt.datetime.strptime(text, "%Y%m%d%H%M")
+        return minutes_since_epoch(text)
     except ValueError:
         raise UserError(f"--t0 {text!r}: expected a time as YYYYmmddHHMM (12 digits, UTC)") from None
-    return int((when - EPOCH).total_seconds()) // 60
 
 
 def write_forecast(path, forecast, valid_times, t0_time, lead_minutes, case, coverage):

@@ -106,16 +106,20 @@ def case_sources(params):
     return sources
 
 
+def minutes_since_epoch(text):
+    """Minutes since 1970-01-01 00:00 UTC of a time written YYYYmmddHHMM (12 digits); ValueError otherwise."""
+    if len(text) != 12 or not text.isdigit():
+        raise ValueError(f"not a time YYYYmmddHHMM: {text!r}")
+    when = dt.datetime.strptime(text, "%Y%m%d%H%M")
+    return int((when - EPOCH).total_seconds()) // 60
+
+
 def parse_time(case_id, path):
     """Minutes since 1970-01-01 of a file named YYYYmmddHHMM.npy."""
-    stem = os.path.basename(path)[:-4]
     try:
-        if len(stem) != 12 or not stem.isdigit():
-            raise ValueError
-        when = dt.datetime.strptime(stem, "%Y%m%d%H%M")
+        return minutes_since_epoch(os.path.basename(path)[:-4])
     except ValueError:
         raise UserError(f"case {case_id}: {path}: file name is not a time YYYYmmddHHMM.npy") from None
-    return int((when - EPOCH).total_seconds()) // 60
 
 
 def read_header(case_id, path):
