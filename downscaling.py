@@ -128,6 +128,7 @@ class DownscalingTask:
     H, W), mask all True); loss: MSE [+ alpha mass term]; to_physical: [0, 1] -> mm/h (or fraction);
     train_step: the GAN's discriminator and generator updates (None for the other models).
     """
+    name = "downscaling"  # training.fit's log prefix
 
     def __init__(self, params, path):
         down = params["downscaling"]
@@ -431,7 +432,9 @@ def write_tables(rows, out_dir, units, split):
             f"'mass viol.' = mean |block mean of the output - LR|; train CPU s = process time of training.\n\n"
             f"Table 6 (single frames)\n\n{markdown_table(spatial, TABLE_COLUMNS)}\n")
     if temporal:
-        text += f"\nTable 7 (3 frames, T1)\n\n{markdown_table(temporal, TABLE_COLUMNS)}\n"
+        text += (f"\nTable 7 (3 frames, T1; flowconvgru sees the first and last LR frames only and constrains the "
+                 f"middle frame to the LR it interpolates, so its mass violation there is against an LR it never "
+                 f"saw; the baselines use all three LR frames)\n\n{markdown_table(temporal, TABLE_COLUMNS)}\n")
     with atomic_path(os.path.join(out_dir, "experiments.md")) as tmp, open(tmp, "w") as fh:
         fh.write(text)
     return os.path.join(out_dir, "experiments.md")

@@ -45,7 +45,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import config  # noqa: E402
-from real_data import RADAR, TEST_EVENT, write_cases  # noqa: E402
+from real_data import RADAR, TEST_EVENT, plan_cases, write_cases  # noqa: E402
 
 SMALL = {"smaat_unet": {"base_channels": 32}, "spark_unet": {"base_width": 32, "decoder_width": 256}}
 ROWS = {  # name: (label, model.name, pretraining to start from or None)
@@ -75,7 +75,8 @@ def run(cmd):
 
 def write_params(out, args):
     """<out>/params.json: radar only, seed 004's windows, the CPU-sized models, no rain filter."""
-    split = write_cases(os.path.join(out, "raw"))
+    cases, split = plan_cases()
+    write_cases(os.path.join(out, "raw"), cases)
     params = config.load_params(os.path.join(ROOT, "params.json"))
     params["paths"].update(raw_dataset=f"{out}/raw", processed_data=f"{out}/processed",
                            checkpoints=f"{out}/checkpoints", outputs=out)
