@@ -556,7 +556,8 @@ def fit(params, task, model, run, resume_run=False):
         net = torch.nn.parallel.DistributedDataParallel(
             net, device_ids=[run.local_rank] if run.device.type == "cuda" else None)
     if run.main:
-        print(f"{getattr(task, 'name', params['task'])}: {type(model).__name__} ({count_parameters(model):,} parameters) on {run.device}"
+        name = getattr(task, "name", params["task"])
+        print(f"{name}: {type(model).__name__} ({count_parameters(model):,} parameters) on {run.device}"
               f"{f' x {run.world} ranks' if run.world > 1 else ''}; samples train/val/test "
               f"{', '.join(str(len(d)) for d in task.datasets.values())}")
     cpu_start = cpu_seconds()

@@ -1,6 +1,7 @@
 """pretrain.py (SparK masked image modelling, seed 004) and fine-tuning with training.py --init_weight:
 masks, the per-patch normalised loss against a loop written out by hand, the sparse emulation of the
 encoder, the learning-rate schedule, resume bit for bit, weight loading and freezing."""
+import argparse
 import csv
 import json
 import os
@@ -327,3 +328,26 @@ def test_init_weight_that_matches_nothing_is_a_user_error(processed, tmp_path):
     torch.save({"model": {"encoder.conv1.weight": torch.zeros(3, 3), "other.bias": torch.zeros(2)}}, foreign)
     with pytest.raises(config.UserError, match="no tensor of .*foreign.pt matches the model by name and shape"):
         training.load_matching_weights(model.build_model(params, 4), str(foreign))
+
+
+def test_pretrain_compare_cuts_events_into_cases_and_holds_out_the_test_event(tmp_path, monkeypatch):
+    """bench/pretrain_compare.py's set-up (real_data.plan_cases + write_cases): a training event becomes
+    <event>-train (its first part) and <event>-val (its last quarter, at least one 18-step window),
+    the held-out event is the test case only, and every frame lands in the raw case layout."""
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "bench"))
+    import pretrain_compare
+    import real_data
+    radar = tmp_path / "radar"
+    radar.mkdir()
+    for name, n in (("knmi-20100826", 40), (real_data.TEST_EVENT, 30)):
+        times = np.array([f"20100826{m // 60:02d}{m % 60:02d}" for m in range(0, 5 * n, 5)])
+        np.savez(radar / f"{name}.npz", rain_rate=np.ones((n, 8, 8), np.float32), time=times)
+    monkeypatch.setattr(real_data, "RADAR", str(radar))
+    out = tmp_path / "out"
+    cfg = pretrain_compare.write_params(str(out), argparse.Namespace(steps_per_epoch=10, pretrain_base_lr=0.032))
+    with open(cfg) as fh:
+        split = json.load(fh)["data"]["split"]
+    assert (split["train"], split["val"], split["test"]) == \
+        (["knmi-20100826-train"], ["knmi-20100826-val"], [real_data.TEST_EVENT])
+    counts = {case: len(os.listdir(out / "raw" / case / "radar")) for case in os.listdir(out / "raw")}
+    assert counts == {"knmi-20100826-train": 40 - 18, "knmi-20100826-val": 18, real_data.TEST_EVENT: 30}
