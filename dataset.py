@@ -42,12 +42,13 @@ Batches (pad_collate) stack these along a new first axis B; `case` becomes a lis
 import argparse
 import asyncio
 import glob
+import itertools
 import os
+from collections import OrderedDict
 
 import numpy as np
 import torch
 import zarr
-from scipy import ndimage
 from zarr.core.sync import sync as zarr_sync
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, SequentialSampler
 
@@ -121,6 +122,7 @@ class ZarrPatchDataset(Dataset):
         if not len(self.sample_map):
             raise UserError(f"{split_dir}: no valid window of {self._window_text()} in {len(self.paths)} stores")
         self._arrays, self._pid = {}, None
+        self.cache = ChunkCache(data["cache_mb"])
 
     def _window_starts(self, root, stats=None):
         """First input step of every sample window of one opened store (see `window_starts`)."""
@@ -145,10 +147,16 @@ class ZarrPatchDataset(Dataset):
         """Training crops of epoch `epoch` (call before iterating the loader)."""
         self.epoch = int(epoch)
 
-    def __getstate__(self):  # opened stores do not travel to worker processes
+    def __getstate__(self):  # opened stores and cached chunks do not travel to worker processes
         state = self.__dict__.copy()
-        state["_arrays"], state["_pid"] = {}, None
+        state["_arrays"], state["_pid"], state["cache"] = {}, None, ChunkCache(self.data["cache_mb"])
         return state
+
+    def read(self, store, reads):
+        """{name: (array name, selection)} of store `store` -> {name: numpy array}, through the cache."""
+        arrays = self._store(store)
+        return self.cache.read({name: ((self.paths[store], array), arrays[array], selection)
+                                for name, (array, selection) in reads.items()})
 
     def _store(self, index):
         """The store's arrays, opened once per process."""
@@ -182,7 +190,7 @@ class ZarrPatchDataset(Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, int(index)])
         want_rain = rng.random() < self.rain_patch_prob
         if want_rain:
-            rain = self._store(store)["rain_max"][self._rain_steps(start)]
+            rain = self.read(store, {"rain": ("rain_max", (self._rain_steps(start),))})["rain"]
         for _ in range(self.crop_tries if want_rain else 1):
             y0, x0 = int(rng.integers(0, n_y - size_y + 1)), int(rng.integers(0, n_x - size_x + 1))
             if want_rain and self._has_rain(rain, self.rain_blocks[store], (n_y, n_x), y0, x0, size_y, size_x):
@@ -191,17 +199,17 @@ class ZarrPatchDataset(Dataset):
 
     def __getitem__(self, index):
         store, start = self.sample_map[index]
-        arrays = self._store(store)
         y0, x0, size_y, size_x = self.crop(index)
         inputs, targets = window_steps(start, self.data)
         rows, cols = slice(y0, y0 + size_y), slice(x0, x0 + size_x)
-        reads = {"x": (arrays["inputs"], (inputs, slice(None), rows, cols)),
-                 "y": (arrays["target"], (targets, rows, cols)), "coverage": (arrays["coverage"], (targets, rows, cols))}
+        reads = {"x": ("inputs", (inputs, slice(None), rows, cols)), "y": ("target", (targets, rows, cols)),
+                 "coverage": ("coverage", (targets, rows, cols))}
         if self.has_motion:
-            reads["motion"] = (arrays["motion"], (inputs.stop - 1,))  # at t0: one chunk, the whole coarse frame
-        got = read_together(reads)
+            reads["motion"] = ("motion", (inputs.stop - 1,))  # at t0: one chunk, the whole coarse frame
+        got = self.read(store, reads)
         x, y, coverage = got["x"], got["y"][:, None], got["coverage"][:, None]
-        motion = motion_crop(got["motion"], arrays["motion"].attrs["stride"], rows, cols) if self.has_motion else None
+        motion = motion_crop(got["motion"], self._store(store)["motion"].attrs["stride"], rows, cols) \
+            if self.has_motion else None
         if not self.full_frame and (size_y < self.patch_size or size_x < self.patch_size):
             pad = ((0, 0), (0, 0), (0, self.patch_size - size_y), (0, self.patch_size - size_x))
             x, y, coverage = np.pad(x, pad), np.pad(y, pad), np.pad(coverage, pad)
@@ -280,7 +288,8 @@ class FrameWindowDataset(ZarrPatchDataset):
     def __getitem__(self, index):
         store, start = self.sample_map[index]
         y0, x0, size_y, size_x = self.crop(index)
-        x = self._store(store)["inputs"][start:start + self.frames, :, y0:y0 + size_y, x0:x0 + size_x]
+        x = self.read(store, {"x": ("inputs", (slice(start, start + self.frames), slice(None),
+                                               slice(y0, y0 + size_y), slice(x0, x0 + size_x)))})["x"]
         if size_y < self.patch_size or size_x < self.patch_size:
             x = np.pad(x, ((0, 0), (0, 0), (0, self.patch_size - size_y), (0, self.patch_size - size_x)))
         if self.augment:
@@ -288,6 +297,108 @@ class FrameWindowDataset(ZarrPatchDataset):
         return {"x": torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
                 "time": torch.from_numpy(self.times[store][start:start + self.frames].copy()),
                 "case": self.cases[store]}
+
+
+class ChunkCache:
+    """Decoded Zarr chunks kept in memory by one process, the least recently used dropped first once
+    they take more than `megabytes` MB (data.cache_mb); 0 keeps none and reads straight from Zarr.
+
+    Training crops of the same events overlap, and so do consecutive forecast windows: with the
+    cache each chunk is decoded about once, not once per sample. zarr's per-chunk decoding, not
+    the copying, is where loading spends its time (bench/bench_nowcast_data.py). Every process
+    has its own cache (a DataLoader worker starts empty and lives one pass over the data), so
+    the memory is up to cache_mb per loading process. hits/misses count chunks.
+    """
+
+    def __init__(self, megabytes):
+        self.limit = int(float(megabytes) * 2 ** 20)
+        self.chunks, self.nbytes, self.hits, self.misses = OrderedDict(), 0, 0, 0
+
+    def read(self, reads):
+        """{name: (key, zarr.Array, selection)} -> {name: numpy array}, each equal to array[selection].
+
+        key: any hashable naming the array among all that this cache holds (e.g. (store path, array
+        name)). selection: a tuple of ints and slices of step 1 over the leading axes (the rest
+        whole). The chunks missing from the cache are read in one box per array, all arrays together
+        (`read_together`), and kept.
+        """
+        if not self.limit:
+            return read_together({name: (array, selection) for name, (_, array, selection) in reads.items()})
+        boxes = {name: _ChunkBox(key, array, selection) for name, (key, array, selection) in reads.items()}
+        wanted = {}  # per array, one read: the box around the chunks not in the cache
+        for name, box in boxes.items():
+            missing = [index for key, index in zip(box.keys, box.indices) if key not in self.chunks]
+            if missing:
+                wanted[name] = (reads[name][1], box.around(missing))
+        blocks = read_together(wanted) if wanted else {}
+        out, new = {}, {}
+        for name, box in boxes.items():
+            data = np.empty(box.shape, box.dtype)
+            corner = [s.start for s in wanted[name][1]] if name in wanted else None
+            for key, source, inside, target in zip(box.keys, box.source, box.inside, box.target):
+                chunk = self.chunks.get(key)
+                if chunk is None:  # a copy: the chunk must not keep the whole block alive
+                    chunk = new[key] = blocks[name][tuple(slice(s.start - c, s.stop - c)
+                                                          for s, c in zip(source, corner))].copy()
+                else:
+                    self.hits += 1
+                    self.chunks.move_to_end(key)
+                data[target] = chunk[inside]
+            out[name] = data.reshape(box.squeeze)
+        self.misses += len(new)
+        for key, chunk in new.items():  # only now: evicting earlier could drop a chunk still to be copied
+            self._keep(key, chunk)
+        return out
+
+    def _keep(self, key, chunk):
+        if key in self.chunks:
+            self.nbytes -= self.chunks.pop(key).nbytes
+        self.chunks[key] = chunk
+        self.nbytes += chunk.nbytes
+        while self.nbytes > self.limit and self.chunks:
+            self.nbytes -= self.chunks.popitem(last=False)[1].nbytes
+
+
+class _ChunkBox:
+    """The chunks of a zarr array that a selection touches (ChunkCache): for each, its cache key,
+    chunk index, `source` (its selection in the array, the whole chunk), and the part of it that
+    the selection wants, `inside` the chunk and at `target` in the output of `shape`; `squeeze`:
+    the output's shape once the axes selected by an int are dropped."""
+
+    def __init__(self, key, array, selection):
+        self.dtype = array.dtype
+        axes, self.shape, self.squeeze = [], [], []  # axes: (start, stop, chunk size, length) of each
+        for axis, (n, size) in enumerate(zip(array.shape, array.chunks)):
+            item = selection[axis] if axis < len(selection) else slice(None)
+            if isinstance(item, slice):
+                start, stop, step = item.indices(n)
+                if step != 1:
+                    raise ValueError(f"ChunkCache: slices of step 1 only, got {item}")
+                stop = max(stop, start)
+                self.squeeze.append(stop - start)
+            else:
+                start = int(item) + (n if int(item) < 0 else 0)
+                stop = start + 1
+            axes.append((start, stop, size, n))
+            self.shape.append(stop - start)
+        self.axes = axes
+        self.keys, self.indices, self.source, self.inside, self.target = [], [], [], [], []
+        spans = [range(start // size, -(-stop // size)) for start, stop, size, _ in axes]
+        for index in itertools.product(*spans):
+            lows = [i * size for i, (_, _, size, _) in zip(index, axes)]
+            highs = [min(low + size, n) for low, (_, _, size, n) in zip(lows, axes)]
+            self.keys.append((key, index))
+            self.indices.append(index)
+            self.source.append(tuple(slice(low, high) for low, high in zip(lows, highs)))
+            self.inside.append(tuple(slice(max(start, low) - low, min(stop, high) - low)
+                                     for low, high, (start, stop, _, _) in zip(lows, highs, axes)))
+            self.target.append(tuple(slice(max(start, low) - start, min(stop, high) - start)
+                                     for low, high, (start, stop, _, _) in zip(lows, highs, axes)))
+
+    def around(self, indices):
+        """The selection of the smallest box of whole chunks that holds the chunks `indices`."""
+        return tuple(slice(min(column) * size, min((max(column) + 1) * size, n))
+                     for column, (_, _, size, n) in zip(zip(*indices), self.axes))
 
 
 def read_together(reads):
@@ -301,11 +412,17 @@ def read_together(reads):
 def motion_crop(coarse, stride, rows, cols):
     """The motion field (2, rows, cols) of a crop, pixels per step, interpolated bilinearly from the
     store's frame `coarse` (2, ceil(H/stride), ceil(W/stride)) of every stride-th pixel
-    (preproc.write_motion); float32."""
-    y, x = np.mgrid[rows, cols].astype(np.float64)
-    # scipy, not numba's parallel interpolation.bilinear_sample: this runs in forked loader workers
-    return np.stack([ndimage.map_coordinates(component, [y / stride, x / stride], order=1, mode="nearest",
-                                             prefilter=False) for component in coarse]).astype(np.float32)
+    (preproc.write_motion), edges clamped (scipy's map_coordinates order=1, mode="nearest"); float32.
+    Separable: along the rows, then along the columns."""
+    def weights(pixels, n):
+        position = np.clip(np.arange(pixels.start, pixels.stop) / stride, 0, n - 1)
+        low = np.minimum(position.astype(np.int64), max(n - 2, 0))
+        return low, np.minimum(low + 1, n - 1), (position - low)[:, None]
+    top, bottom, wy = weights(rows, coarse.shape[1])
+    left, right, wx = weights(cols, coarse.shape[2])
+    along_y = coarse[:, top] * (1 - wy) + coarse[:, bottom] * wy  # (2, rows, coarse columns)
+    along_x = along_y[:, :, left] * (1 - wx.T) + along_y[:, :, right] * wx.T
+    return along_x.astype(np.float32)
 
 
 def pad_collate(samples):

@@ -46,7 +46,7 @@ import config
 import metrics
 from atomic import atomic_path
 from config import UserError
-from dataset import open_store, window_starts
+from dataset import ChunkCache, open_store, window_starts
 from model import Lagrangian, build_model
 from normalization import check_config, check_store, denormalize_target, target_input_frames, window_steps
 from preproc import EPOCH, NoCoverage, minutes_since_epoch, scan_case, write_case
@@ -156,14 +156,18 @@ def score_split(forecaster, params, split, methods, batch_size, stride=1):
         windows[name] = window_starts(root, data, forecaster.stats)[::stride]
     n_windows = sum(len(w) for w in windows.values())
     bar = tqdm(total=n_windows, desc=f"evaluate {split} ({', '.join(methods)})", unit="window")
+    cache = ChunkCache(data["cache_mb"])  # consecutive windows share all frames but one
     for name, starts in windows.items():
         store = zarr.open_group(os.path.join(folder, name), mode="r")
         for first in range(0, len(starts), batch_size):
             batch = starts[first:first + batch_size]
-            steps = [window_steps(s, data) for s in batch]
-            x = np.stack([store["inputs"][inputs] for inputs, _ in steps])
-            obs = denormalize_target(np.stack([store["target"][targets] for _, targets in steps]), forecaster.stats)
-            cover = np.stack([store["coverage"][targets] for _, targets in steps])
+            reads = [cache.read({"x": ((name, "inputs"), store["inputs"], (inputs,)),
+                                 "y": ((name, "target"), store["target"], (targets,)),
+                                 "coverage": ((name, "coverage"), store["coverage"], (targets,))})
+                     for inputs, targets in (window_steps(s, data) for s in batch)]
+            x = np.stack([r["x"] for r in reads])
+            obs = denormalize_target(np.stack([r["y"] for r in reads]), forecaster.stats)
+            cover = np.stack([r["coverage"] for r in reads])
             for method, fc in forecaster.forecasts(x, methods).items():
                 for i in range(len(batch)):  # per window: (T_out, H, W), lead axis 0
                     for accumulator in acc[method]:

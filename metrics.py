@@ -325,8 +325,21 @@ def _fraction_sums(pred, obs, valid, threshold, windows):
     o = (events(obs, threshold) & valid).reshape(f.shape).view(np.uint8)
     sums = np.zeros((3, len(windows)), dtype=np.int64)
     for frame_f, frame_o in zip(f, o):
-        sums += _box_count_products(frame_f, frame_o, windows)
+        box = _event_box(frame_f | frame_o, int(windows.max()))
+        if box is not None:
+            sums += _box_count_products(frame_f[box], frame_o[box], windows)
     return sums.astype(np.float64) / windows.astype(np.float64) ** 4
+
+
+def _event_box(events_either, window):
+    """(rows, cols) slices of the part of a frame where a window x window box around a pixel can
+    hold an event (the events' bounding box grown by the window, cut to the frame): the counts are
+    zero elsewhere, so the sums over it are exact and sparse events cost little. None: no event."""
+    rows, cols = np.flatnonzero(events_either.any(axis=1)), np.flatnonzero(events_either.any(axis=0))
+    if not len(rows):
+        return None
+    return (slice(max(rows[0] - window, 0), rows[-1] + window + 1),
+            slice(max(cols[0] - window, 0), cols[-1] + window + 1))
 
 
 @numba.njit(parallel=True, cache=True)
@@ -736,6 +749,37 @@ def iiee(pred, obs, pixel_area_km2, land_mask=None, threshold=ICE_EDGE_FRACTION)
 
 
 # --------------------------------------------------------------------------- accumulators
+@numba.njit(parallel=True, nogil=True, cache=True)
+def _continuous_sums(pred, obs, valid, shift_pred, shift_obs):
+    """(9, n_leads) float64: ContinuousAccumulator.SUMS over the valid pixels of each lead, one pass
+    (pred, obs (n_leads, N) of any float dtype, computed in float64; valid (n_leads, N) bool).
+    p, o are pred, obs minus the shifts. Partial sums over blocks of 1024 pixels keep the rounding
+    error near that of numpy's pairwise sums."""
+    n_leads, n = pred.shape
+    out = np.zeros((9, n_leads))
+    for lead in numba.prange(n_leads):
+        total = np.zeros(9)
+        for begin in range(0, n, 1024):
+            part = np.zeros(9)
+            for k in range(begin, min(begin + 1024, n)):
+                if valid[lead, k]:
+                    p, o = np.float64(pred[lead, k]), np.float64(obs[lead, k])
+                    e = p - o
+                    p, o = p - shift_pred, o - shift_obs
+                    part[0] += 1.0
+                    part[1] += e
+                    part[2] += e * e
+                    part[3] += abs(e)
+                    part[4] += p
+                    part[5] += o
+                    part[6] += p * p
+                    part[7] += o * o
+                    part[8] += p * o
+            total += part
+        out[:, lead] = total
+    return out
+
+
 def _accumulate(total, batch):
     """total + batch (a copy of batch for the first one); ValueError when the shapes differ
     (a different number of thresholds or lead times than the earlier batches)."""
@@ -836,18 +880,13 @@ class ContinuousAccumulator:
         """Add one batch. pred, obs: same shape; mask: bool, broadcastable, True = counts."""
         valid = _lead_first(valid_pixels(pred, obs, mask), self.lead_axis)
         n_leads = valid.shape[0]
-        valid = valid.reshape(n_leads, -1)
-        pred = _lead_first(np.asarray(pred, dtype=np.float64), self.lead_axis).reshape(n_leads, -1)
-        obs = _lead_first(np.asarray(obs, dtype=np.float64), self.lead_axis).reshape(n_leads, -1)
+        valid = np.ascontiguousarray(valid.reshape(n_leads, -1))
+        pred, obs = (np.ascontiguousarray(_lead_first(np.asarray(a), self.lead_axis).reshape(n_leads, -1))
+                     for a in (pred, obs))
         if self.shift is None:
-            self.shift = ((float(pred[valid].mean()), float(obs[valid].mean())) if valid.any()
-                          else (0.0, 0.0))
-        p = np.where(valid, pred - self.shift[0], 0.0)
-        o = np.where(valid, obs - self.shift[1], 0.0)
-        e = np.where(valid, pred - obs, 0.0)
-        sums = np.stack([valid.sum(axis=1), e.sum(axis=1), (e * e).sum(axis=1),
-                         np.abs(e).sum(axis=1), p.sum(axis=1), o.sum(axis=1),
-                         (p * p).sum(axis=1), (o * o).sum(axis=1), (p * o).sum(axis=1)])
+            self.shift = ((float(pred[valid].astype(np.float64).mean()), float(obs[valid].astype(np.float64).mean()))
+                          if valid.any() else (0.0, 0.0))
+        sums = _continuous_sums(pred, obs, valid, *self.shift)
         if self.lead_axis is None:
             sums = sums[:, 0]
         self.sums = _accumulate(self.sums, sums)

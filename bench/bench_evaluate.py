@@ -6,10 +6,13 @@
 Scores the first --windows windows of the split (model, persistence, extrapolation; full frames)
 twice with evaluate.score_split:
   before  the kernels evaluate.py had before issue 11: scipy map_coordinates for every bilinear
-          sample of the motion estimate and the advection, scipy uniform_filter for FSS, and the
-          motion estimated by the extrapolation itself (and once more for a Lagrangian model);
+          sample of the motion estimate and the advection, scipy uniform_filter for FSS, numpy
+          temporaries for the continuous scores, every window's frames read whole from Zarr, and
+          the motion estimated by the extrapolation itself (and once more for a Lagrangian model);
   after   the current code: numba bilinear sampling (interpolation.bilinear_sample), FSS from
-          integral images, one motion estimate per window shared by extrapolation and model.
+          integral images over the events' bounding box, one pass for the continuous scores, the
+          frames through the chunk cache (consecutive windows share all but one), one motion
+          estimate per window shared by extrapolation and model.
 Each is timed after one untimed window (kernel compilation). Prints wall and CPU seconds per window
 for each and their ratios, and the largest difference between the two
 runs' scores (they must agree: the kernels compute the same numbers to float rounding).
@@ -50,6 +53,16 @@ def scipy_fraction_sums(pred, obs, valid, threshold, windows):
     return out
 
 
+def numpy_continuous_sums(pred, obs, valid, shift_pred, shift_obs):
+    """The continuous-score sums metrics.py had before: numpy, one temporary per term."""
+    pred, obs = pred.astype(np.float64), obs.astype(np.float64)
+    p = np.where(valid, pred - shift_pred, 0.0)
+    o = np.where(valid, obs - shift_obs, 0.0)
+    e = np.where(valid, pred - obs, 0.0)
+    return np.stack([valid.sum(axis=1), e.sum(axis=1), (e * e).sum(axis=1), np.abs(e).sum(axis=1), p.sum(axis=1),
+                     o.sum(axis=1), (p * p).sum(axis=1), (o * o).sum(axis=1), (p * o).sum(axis=1)])
+
+
 class BeforeForecaster(evaluate.Forecaster):
     """Motion estimated inside the extrapolation, and again for a Lagrangian model (no sharing)."""
 
@@ -69,12 +82,13 @@ class BeforeForecaster(evaluate.Forecaster):
 
 @contextlib.contextmanager
 def before_kernels():
-    sample, sums = baselines._sample, metrics._fraction_sums
-    baselines._sample, metrics._fraction_sums = scipy_sample, scipy_fraction_sums
+    kept = baselines._sample, metrics._fraction_sums, metrics._continuous_sums
+    baselines._sample, metrics._fraction_sums, metrics._continuous_sums = \
+        scipy_sample, scipy_fraction_sums, numpy_continuous_sums
     try:
         yield
     finally:
-        baselines._sample, metrics._fraction_sums = sample, sums
+        baselines._sample, metrics._fraction_sums, metrics._continuous_sums = kept
 
 
 def limit_windows(n):
@@ -129,8 +143,11 @@ def main():
     params = config.load_params(args.config)
     device = evaluate.pick_device("cpu")
     model, stats = evaluate.load_model(args.checkpoint, params, device)
+    uncached = config.validate(params)
+    uncached["data"]["cache_mb"] = 0  # before: every window read whole from Zarr
     with before_kernels():
-        before, report_before = timed(BeforeForecaster(model, stats, params, device), params, args.split, args.windows)
+        before, report_before = timed(BeforeForecaster(model, stats, params, device), uncached, args.split,
+                                      args.windows)
     after, report_after = timed(evaluate.Forecaster(model, stats, params, device), params, args.split, args.windows)
     kind = "Lagrangian" if isinstance(model, evaluate.Lagrangian) else "Eulerian"
     print(f"\nevaluate.py, {report_after['n_windows']} windows of the {args.split} split, {kind} model + persistence "

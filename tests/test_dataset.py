@@ -350,3 +350,65 @@ def test_a_config_edited_after_preproc_is_refused(ramp_store, dotted, value, mes
         dataset.make_datasets(config.validate(edited))
     assert str(info.value) == message.format(stats=out / "stats.json")
 
+
+
+# --------------------------------------------------------------------------- the chunk cache
+def test_chunk_cache_reads_what_zarr_reads(tmp_path):
+    """Every selection (ints, negative ints, slices across chunk and edge boundaries, trailing axes
+    whole) equals zarr's own read, cold, warm and after evictions from a cache too small to keep all."""
+    data = np.random.default_rng(0).random((11, 2, 37, 29)).astype(np.float32)
+    array = zarr.create_array(str(tmp_path / "a.zarr"), shape=data.shape, dtype="float32", chunks=(4, 1, 8, 8),
+                              shards=(12, 1, 16, 16))
+    array[:] = data
+    selections = [(slice(2, 9), slice(None), slice(5, 21), slice(3, 29)), (-1,), (5, 1, slice(30, 37)),
+                  (slice(0, 11),), (slice(7, 8), 0, 36, slice(0, 1)), (slice(3, 3),)]
+    rng = np.random.default_rng(1)
+    for _ in range(30):
+        t0, y0, x0 = rng.integers(0, 10), rng.integers(0, 36), rng.integers(0, 28)
+        selections.append((slice(t0, rng.integers(t0 + 1, 12)), slice(None), slice(y0, rng.integers(y0 + 1, 38)),
+                           slice(x0, rng.integers(x0 + 1, 30))))
+    for megabytes in (64, 0.01):  # 0.01 MB: about 40 chunks of 8 x 8 float32
+        cache = dataset.ChunkCache(megabytes)
+        for selection in selections * 2:
+            got = cache.read({"a": ("a", array, selection)})["a"]
+            np.testing.assert_array_equal(got, data[selection])
+            assert cache.nbytes <= cache.limit
+        assert cache.hits > 0 and cache.misses > 0
+    with pytest.raises(ValueError, match="step 1"):
+        dataset.ChunkCache(1).read({"a": ("a", array, (slice(0, 8, 2),))})
+
+
+def test_samples_are_the_same_with_and_without_the_cache(params, tmp_path, monkeypatch):
+    """Crops that cross chunks of 8 x 8 pixels and 4 steps, with motion and augmentation, over two epochs."""
+    monkeypatch.setattr(preproc, "CHUNK_XY", 8)
+    cases = {"a": (14, set(), lambda t: np.roll(ramp((40, 36))(t), t, axis=1))}
+    p, out = build(params, tmp_path, cases, {"train": ["a"], "val": [], "test": []},
+                   input_steps=3, lead_steps=1, output_steps=4, patch_size=16, augment=True, rain_patch_prob=0.5)
+    assert zarr.open_group(str(out / "train" / "a.zarr"))["target"].chunks == (4, 8, 8)
+    p["data"]["cache_mb"] = 0
+    plain = dataset.ZarrPatchDataset(str(out / "train"), p)
+    p["data"]["cache_mb"] = 16
+    cached = dataset.ZarrPatchDataset(str(out / "train"), p)
+    assert plain.has_motion
+    for epoch in (0, 1):
+        plain.set_epoch(epoch)
+        cached.set_epoch(epoch)
+        for index in range(len(plain)):
+            a, b = plain[index], cached[index]
+            for key in ("x", "y", "coverage", "motion"):
+                np.testing.assert_array_equal(a[key].numpy(), b[key].numpy())
+    assert cached.cache.hits > cached.cache.misses > 0 and plain.cache.hits == plain.cache.misses == 0
+
+
+def test_motion_crop_is_scipy_bilinear_interpolation():
+    """The separable interpolation equals scipy.ndimage.map_coordinates (order 1, edges clamped), also
+    for crops reaching past the last coarse pixel and for a coarse frame one pixel wide."""
+    from scipy import ndimage
+    rng = np.random.default_rng(2)
+    for coarse_shape, rows, cols in (((2, 10, 8), slice(5, 37), slice(9, 31)), ((2, 10, 8), slice(0, 40), slice(0, 32)),
+                                     ((2, 1, 5), slice(0, 3), slice(2, 19))):
+        coarse = rng.normal(size=coarse_shape).astype(np.float32)
+        y, x = np.mgrid[rows, cols].astype(np.float64)
+        expected = np.stack([ndimage.map_coordinates(c, [y / 4, x / 4], order=1, mode="nearest", prefilter=False)
+                             for c in coarse])
+        np.testing.assert_allclose(dataset.motion_crop(coarse, 4, rows, cols), expected, rtol=1e-6, atol=1e-6)
