@@ -261,6 +261,10 @@ SCHEMA = Section(
                            minimum=0, maximum=RAIN_RATE_MAX, ascending=True),
             weights=Key(list, [1.0, 2.0, 5.0, 10.0, 30.0],
                         "weighted_mse: weight below the first threshold, then above each", items=NUM),
+            csi_weight=Key(NUM, 0.0, "weight of a soft-CSI term added to the loss (1 - CSI of soft forecast events "
+                           "at csi_threshold; training.soft_csi_loss); 0: none", minimum=0),
+            csi_threshold=Key(NUM, 1.0, "the event threshold of the soft-CSI term", "mm/h", minimum=0.001,
+                              maximum=RAIN_RATE_MAX),
         ),
     ),
     downscaling=Section(

@@ -89,16 +89,39 @@ def masked_loss(pred, target, mask, name, weights=None):
     return per_pixel.sum() / mask.sum().clamp(min=1)
 
 
+def soft_csi_loss(pred, obs, mask, threshold, sharpness=0.1):
+    """1 - CSI of soft forecast events against the observed events, over the covered pixels of the
+    whole batch: a differentiable CSI (Lagerquist and Ebert-Uphoff 2022, AIES 1, "Can we integrate
+    spatial verification methods into neural network loss functions for atmospheric science?").
+
+    pred, obs: physical units (mm/h), same shape; mask: bool, True = counts. A forecast event is
+    sigmoid((pred - threshold) / (sharpness * threshold)) in [0, 1], an observed one obs >= threshold;
+    hits = sum f * o, and CSI = hits / (sum f + sum o - hits), 1 (loss 0) when neither has an event.
+    As sharpness -> 0 it is metrics.csi's CSI (tests/test_training.py).
+    """
+    f = torch.sigmoid((pred - threshold) / (sharpness * threshold))[mask]
+    o = (obs >= threshold)[mask].to(f.dtype)
+    hits = (f * o).sum()
+    union = f.sum() + o.sum() - hits
+    return torch.where(union > 0, 1.0 - hits / union.clamp(min=1e-12), union * 0.0)  # no sync with the device
+
+
 def task_loss(pred, y, mask, task, loss_cfg):
     """training.loss on one batch: the weights of weighted_mse and weighted_mse_mae come from the true
     target in physical units (mm/h); the sea-ice task (no rain-rate stats) uses no weights.
-    weighted_mse_mae = weighted MSE + weighted MAE (B-MSE + B-MAE, Shi et al. 2017, NeurIPS, eq. 5)."""
+    weighted_mse_mae = weighted MSE + weighted MAE (B-MSE + B-MAE, Shi et al. 2017, NeurIPS, eq. 5).
+    csi_weight > 0 adds csi_weight * soft_csi_loss at csi_threshold (nowcasting only)."""
     name, weights = loss_cfg["name"], None
     if name.startswith("weighted") and task.stats is not None:
         weights = intensity_weights(task.to_physical(y), loss_cfg["thresholds"], loss_cfg["weights"])
     if name.endswith("mse_mae"):
-        return masked_loss(pred, y, mask, "mse", weights) + masked_loss(pred, y, mask, "mae", weights)
-    return masked_loss(pred, y, mask, "mae" if name == "mae" else "mse", weights)
+        loss = masked_loss(pred, y, mask, "mse", weights) + masked_loss(pred, y, mask, "mae", weights)
+    else:
+        loss = masked_loss(pred, y, mask, "mae" if name == "mae" else "mse", weights)
+    if loss_cfg.get("csi_weight", 0) > 0 and task.stats is not None:
+        loss = loss + loss_cfg["csi_weight"] * soft_csi_loss(task.to_physical(pred), task.to_physical(y), mask,
+                                                             loss_cfg["csi_threshold"])
+    return loss
 
 
 # --------------------------------------------------------------------------- tasks

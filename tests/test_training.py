@@ -1,6 +1,7 @@
 """training.py: loss weighting, checkpoint/resume equality, NaN stop, DDP, the sea-ice task."""
 import csv
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -310,6 +311,27 @@ def test_event_counts_equal_the_contingency_table():
     assert counts.tolist() == [table["hits"], table["misses"], table["false_alarms"]]
 
 
+def test_soft_csi_loss_tends_to_the_csi_of_metrics():
+    """1 - soft CSI -> metrics.csi as the sigmoid sharpens; by hand: pred 1.5, 0.5, 3 (the events 1, 0, 1)
+    against obs 2, 2, 0 (1, 1, 0): hits 1, misses 1, false alarms 1, CSI 1/3."""
+    import metrics
+    pred = torch.tensor([1.5, 0.5, 3.0])
+    obs = torch.tensor([2.0, 2.0, 0.0])
+    everything = torch.ones(3, dtype=torch.bool)
+    assert training.soft_csi_loss(pred, obs, everything, 1.0, sharpness=1e-4).item() == pytest.approx(1 - 1 / 3)
+    rng = np.random.default_rng(3)
+    p, o = rng.gamma(0.5, 2.0, (2, 6, 1, 16, 16)), rng.gamma(0.5, 2.0, (2, 6, 1, 16, 16))
+    mask = rng.random(p.shape) > 0.2
+    expected = metrics.categorical(p, o, 1.0, mask=mask)["csi"]
+    got = training.soft_csi_loss(torch.from_numpy(p), torch.from_numpy(o), torch.from_numpy(mask), 1.0, sharpness=1e-6)
+    assert 1 - got.item() == pytest.approx(expected, abs=1e-3)
+    soft = torch.from_numpy(p).requires_grad_()
+    training.soft_csi_loss(soft, torch.from_numpy(o), torch.from_numpy(mask), 1.0).backward()
+    assert torch.isfinite(soft.grad).all() and soft.grad.abs().sum() > 0
+    nothing = torch.zeros(3, dtype=torch.bool)
+    assert training.soft_csi_loss(pred, obs, nothing, 1.0).item() == 0.0
+
+
 def test_validation_csi_of_a_real_run(processed, tmp_path):
     cfg = write_tiny_params(tmp_path, processed, epochs=1, select_on="csi", select_threshold=0.1)
     assert training.main(["--config", cfg, "--skip_test"]) == 0
@@ -334,3 +356,8 @@ def test_loss_options_by_hand():
         pytest.approx((1 + 4 + 12) / 3)
     assert training.task_loss(pred, target, mask, Task(), {**cfg, "name": "weighted_mse_mae"}).item() == \
         pytest.approx((1 + 4 + 12) / 3 + (1 + 2 + 6) / 3)
+    # + 0.5 x (1 - soft CSI at 2.5 mm/h): forecast events f = sigmoid((pred - 2.5) / 0.25) against 0, 0, 1
+    f = [1 / (1 + math.exp(-(v - 2.5) / 0.25)) for v in (1.0, 2.0, 3.0)]
+    with_csi = {**cfg, "name": "mse", "csi_weight": 0.5, "csi_threshold": 2.5}
+    assert training.task_loss(pred, target, mask, Task(), with_csi).item() == \
+        pytest.approx(9 / 3 + 0.5 * (1 - f[2] / (f[0] + f[1] + 1)))
