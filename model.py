@@ -123,8 +123,6 @@ class ConvLSTMCell(nn.Module):
             raise ValueError(f"ConvLSTMCell: per-pixel peephole weights are {self.peephole_size[0]} x "
                              f"{self.peephole_size[1]} pixels, got a frame of {c.shape[-2]} x {c.shape[-1]}")
         i, f, g, o = torch.chunk(gates, 4, dim=1)
-        if not torch.is_grad_enabled():
-            return self._update_in_place(i, f, g, o, c)
         if self.peephole:
             i = i + self.w_ci * c
             f = f + self.w_cf * c
@@ -133,19 +131,6 @@ class ConvLSTMCell(nn.Module):
             o = o + self.w_co * c
         h = torch.sigmoid(o) * torch.tanh(c)
         return h, c
-
-    def _update_in_place(self, i, f, g, o, c):
-        """forward's state update without autograd (evaluation): the same operations in the same order,
-        written into the gates' memory (bit-identical for a batch of one; with more, the last bit of a
-        few values can differ, tests/test_model.py). On full radar frames every fresh full-frame
-        temporary costs page faults; this makes 4 instead of 15 per step (with peepholes)."""
-        if self.peephole:
-            i.add_(self.w_ci * c)
-            f.add_(self.w_cf * c)
-        c = f.sigmoid_().mul_(c).add_(i.sigmoid_().mul_(g.tanh_()))
-        if self.peephole:
-            o.add_(self.w_co * c)
-        return o.sigmoid_().mul_(torch.tanh(c)), c
 
     def extra_repr(self):
         kind = "off" if not self.peephole else \
