@@ -884,8 +884,7 @@ class ContinuousAccumulator:
         pred, obs = (np.ascontiguousarray(_lead_first(np.asarray(a), self.lead_axis).reshape(n_leads, -1))
                      for a in (pred, obs))
         if self.shift is None:
-            self.shift = ((float(pred[valid].astype(np.float64).mean()), float(obs[valid].astype(np.float64).mean()))
-                          if valid.any() else (0.0, 0.0))
+            self.shift = tuple(float(a[valid].astype(np.float64).mean()) if valid.any() else 0.0 for a in (pred, obs))
         sums = _continuous_sums(pred, obs, valid, *self.shift)
         if self.lead_axis is None:
             sums = sums[:, 0]

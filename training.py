@@ -96,7 +96,7 @@ def soft_csi_loss(pred, obs, mask, threshold, sharpness=0.1):
 
     pred, obs: physical units (mm/h), same shape; mask: bool, True = counts. A forecast event is
     sigmoid((pred - threshold) / (sharpness * threshold)) in [0, 1], an observed one obs >= threshold;
-    hits = sum f * o, and CSI = hits / (sum f + sum o - hits), 1 (loss 0) when neither has an event.
+    hits = sum f * o, and CSI = hits / (sum f + sum o - hits); the loss is 0 when no pixel counts.
     As sharpness -> 0 it is metrics.csi's CSI (tests/test_training.py).
     """
     f = torch.sigmoid((pred - threshold) / (sharpness * threshold))[mask]
