@@ -163,7 +163,7 @@ def train_step_rate(params, in_channels, batch_size, steps):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="/tmp/bench_nowcast_data",
-                        help="scratch folder, emptied first (default: /tmp/bench_nowcast_data)")
+                        help="scratch folder, emptied first unless --loading-only (default: /tmp/bench_nowcast_data)")
     parser.add_argument("--batches", type=int, default=20, help="timed batches per loader (default: 20)")
     parser.add_argument("--train-steps", type=int, default=3, help="timed training steps (default: 3)")
     parser.add_argument("--cache-mb", type=float, default=2048,
@@ -173,6 +173,8 @@ def main(argv=None):
     parser.add_argument("--loading-only", action="store_true",
                         help="skip preproc.py and reuse <out>/processed of an earlier run (with motion)")
     args = parser.parse_args(argv)
+    if not args.cache_mb > 0 or args.passes < 1:  # NaN too
+        sys.exit(f"--cache-mb {args.cache_mb} / --passes {args.passes}: expected a size > 0 MB and at least 1 pass")
     raw, out = os.path.join(args.out, "raw"), os.path.join(args.out, "processed")
     if args.loading_only and not os.path.isdir(os.path.join(out, "train")):
         sys.exit(f"--loading-only: {out}/train missing; run once without it")
