@@ -93,7 +93,7 @@ def make_params(out, run_dir, split, args):
     params["data"].update(inputs={"radar": ["rain_rate"]}, target={"source": "radar", "channel": "rain_rate"},
                           split={**split, "seed": 0}, input_steps=6, lead_steps=1, output_steps=12, patch_size=128)
     params["training"].update(epochs=1000, steps_per_epoch=args.steps_per_epoch, val_steps=20, batch_size=4,
-                              num_workers=1, cpu_minutes=args.cpu_minutes)
+                              num_workers=0, cpu_minutes=args.cpu_minutes)  # 0: the chunk cache stays warm
     for key, value in parse_set(args.set).items():
         config.set_dotted(params, key, value)
     try:
