@@ -166,7 +166,7 @@ SCHEMA = Section(
                             minimum=0, maximum=1),
         crop_tries=Key(int, 10, "random crops tried to find a rainy patch", minimum=1),
         cache_mb=Key(NUM, 1024, "decoded Zarr chunks each loading process keeps in memory (dataset.ChunkCache; "
-                     "random crops overlap, so a warm cache reads ~10x faster); 0: none", "MB", minimum=0),
+                     "random crops overlap, so a warm cache reads 6-15x faster); 0: none", "MB", minimum=0),
         eval_full_frame=Key(bool, False, "val/test samples: false = the centre patch_size crop, true = the full "
                             "frame (a batch is zero-padded to its largest grid, padding has coverage False)"),
         rain_filter_fraction=Key(NUM, 0.0, "NL-50-style sample filter (every split, and evaluate.py): keep a window "
