@@ -26,8 +26,9 @@ Batches (pad_collate) stack these along a new first axis B; `case` becomes a lis
 - Training crops are random and depend only on (training.seed, epoch, index) through
   numpy.random.default_rng([seed, epoch, index]): the same for any num_workers; call
   `set_epoch(e)` before each pass over the data to draw new crops (training.py does it for every
-  pass, so a sample drawn twice in one epoch gets two crops; the loaders do not keep workers
-  alive between passes, so the new epoch reaches them). With probability data.rain_patch_prob a crop is
+  pass, so a sample drawn twice in one epoch gets two crops). A sample can also be asked for by
+  the key (epoch, index): the loaders' `EpochKeys` sampler sends such keys, so the epoch reaches
+  loader workers that persist between passes (and keep their chunk caches warm). With probability data.rain_patch_prob a crop is
   looked for among rainy ones: up to data.crop_tries random crops are checked against the store's
   `rain_max` (target max per 8 x 8 block, mm/h) and the first one that holds a block whose
   maximum exceeds data.rain_threshold (block entirely inside the crop, so the crop surely has
@@ -50,7 +51,7 @@ import numpy as np
 import torch
 import zarr
 from zarr.core.sync import sync as zarr_sync
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, SequentialSampler
 
 import config
 from config import UserError
@@ -144,8 +145,12 @@ class ZarrPatchDataset(Dataset):
         return len(self.sample_map)
 
     def set_epoch(self, epoch):
-        """Training crops of epoch `epoch` (call before iterating the loader)."""
+        """Training crops of epoch `epoch` for integer indices (call before iterating the loader)."""
         self.epoch = int(epoch)
+
+    def _key(self, key):
+        """(epoch, index) of a sample key: an index (this dataset's epoch) or an (epoch, index) pair."""
+        return (int(key[0]), int(key[1])) if isinstance(key, tuple) else (self.epoch, int(key))
 
     def __getstate__(self):  # opened stores and cached chunks do not travel to worker processes
         state = self.__dict__.copy()
@@ -178,8 +183,9 @@ class ZarrPatchDataset(Dataset):
         window = rain[:, b0:b1, c0:c1]
         return window.size > 0 and float(window.max()) > self.rain_threshold
 
-    def crop(self, index):
-        """(y0, x0, size_y, size_x) of sample `index` (see the module docstring)."""
+    def crop(self, key):
+        """(y0, x0, size_y, size_x) of sample `key`, an index or (epoch, index) (see the module docstring)."""
+        epoch, index = self._key(key)
         store, start = self.sample_map[index]
         n_y, n_x = self.grids[store]
         if self.full_frame:
@@ -187,7 +193,7 @@ class ZarrPatchDataset(Dataset):
         size_y, size_x = min(self.patch_size, n_y), min(self.patch_size, n_x)
         if not self.train:
             return (n_y - size_y) // 2, (n_x - size_x) // 2, size_y, size_x
-        rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+        rng = np.random.default_rng([self.seed, epoch, index])
         want_rain = rng.random() < self.rain_patch_prob
         if want_rain:
             rain = self.read(store, {"rain": ("rain_max", (self._rain_steps(start),))})["rain"]
@@ -197,9 +203,9 @@ class ZarrPatchDataset(Dataset):
                 break
         return y0, x0, size_y, size_x
 
-    def __getitem__(self, index):
-        store, start = self.sample_map[index]
-        y0, x0, size_y, size_x = self.crop(index)
+    def __getitem__(self, key):
+        store, start = self.sample_map[self._key(key)[1]]
+        y0, x0, size_y, size_x = self.crop(key)
         inputs, targets = window_steps(start, self.data)
         rows, cols = slice(y0, y0 + size_y), slice(x0, x0 + size_x)
         reads = {"x": ("inputs", (inputs, slice(None), rows, cols)), "y": ("target", (targets, rows, cols)),
@@ -215,7 +221,7 @@ class ZarrPatchDataset(Dataset):
             x, y, coverage = np.pad(x, pad), np.pad(y, pad), np.pad(coverage, pad)
             motion = None if motion is None else np.pad(motion, pad[1:])
         if self.augment:
-            x, y, coverage, motion = self.turn(index, x, y, coverage, motion)
+            x, y, coverage, motion = self.turn(key, x, y, coverage, motion)
         sample = {"x": torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
                   "y": torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32)),
                   "coverage": torch.from_numpy(np.ascontiguousarray(coverage, dtype=bool)),
@@ -225,15 +231,16 @@ class ZarrPatchDataset(Dataset):
             sample["motion"] = torch.from_numpy(np.ascontiguousarray(motion, dtype=np.float32))
         return sample
 
-    def turn_draw(self, index):
-        """(quarter turns 0..3, flip) of sample `index` in this epoch, apart from the crop's draws."""
-        rng = np.random.default_rng([self.seed, self.epoch, int(index), 1])
+    def turn_draw(self, key):
+        """(quarter turns 0..3, flip) of sample `key` (index or (epoch, index)), apart from the crop's draws."""
+        epoch, index = self._key(key)
+        rng = np.random.default_rng([self.seed, epoch, index, 1])
         return int(rng.integers(0, 4)), bool(rng.integers(0, 2))
 
-    def turn(self, index, x, y, coverage, motion):
+    def turn(self, key, x, y, coverage, motion):
         """Augmentation: one of the 8 flips/quarter turns, drawn from (seed, epoch, index), applied to the
         frames and, consistently, to the motion vectors (lagrangian.rotate_flip)."""
-        turns, flip = self.turn_draw(index)
+        turns, flip = self.turn_draw(key)
         x, _ = rotate_flip(x, None, turns, flip)
         y, _ = rotate_flip(y, None, turns, flip)
         coverage, motion = rotate_flip(coverage, motion, turns, flip)
@@ -285,15 +292,15 @@ class FrameWindowDataset(ZarrPatchDataset):
     def _rain_steps(self, start):
         return slice(start, start + self.frames)
 
-    def __getitem__(self, index):
-        store, start = self.sample_map[index]
-        y0, x0, size_y, size_x = self.crop(index)
+    def __getitem__(self, key):
+        store, start = self.sample_map[self._key(key)[1]]
+        y0, x0, size_y, size_x = self.crop(key)
         x = self.read(store, {"x": ("inputs", (slice(start, start + self.frames), slice(None),
                                                slice(y0, y0 + size_y), slice(x0, x0 + size_x)))})["x"]
         if size_y < self.patch_size or size_x < self.patch_size:
             x = np.pad(x, ((0, 0), (0, 0), (0, self.patch_size - size_y), (0, self.patch_size - size_x)))
         if self.augment:
-            x, _ = rotate_flip(x, None, *self.turn_draw(index))
+            x, _ = rotate_flip(x, None, *self.turn_draw(key))
         return {"x": torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
                 "time": torch.from_numpy(self.times[store][start:start + self.frames].copy()),
                 "case": self.cases[store]}
@@ -457,6 +464,28 @@ def make_datasets(params):
             for name in SPLITS}
 
 
+class EpochKeys(Sampler):
+    """Another sampler's indices as (epoch, index) keys of a ZarrPatchDataset, the epoch being the last
+    `set_epoch` value: the crop and turn of that epoch are drawn in whichever process reads the sample, so
+    loader workers can persist between passes and keep their chunk caches warm. set_epoch also reaches
+    the wrapped sampler (its shuffle)."""
+
+    def __init__(self, sampler):
+        self.sampler, self.epoch = sampler, 0
+
+    def set_epoch(self, epoch):
+        self.epoch = int(epoch)
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        epoch = self.epoch
+        return ((epoch, int(index)) for index in self.sampler)
+
+    def __len__(self):
+        return len(self.sampler)
+
+
 def load_datasets(params, world=1, rank=0, datasets=None, collate=pad_collate, pin_memory=None):
     """DataLoaders {"train", "val", "test"} (seed 000), for one process or one of `world` DDP ranks.
 
@@ -466,7 +495,9 @@ def load_datasets(params, world=1, rank=0, datasets=None, collate=pad_collate, p
     train datasets with `set_epoch` draw new crops each epoch). val: one fixed shuffled order, the
     rank's share (training.val_steps batches of it make a mixed validation subset). test: every
     sample once, in store/time order, on every rank (scores are computed by one process over the
-    whole split). UserError when a split has no sample.
+    whole split). Loader workers (training.num_workers > 0) persist between passes; the epoch reaches
+    them through the sampler (`EpochKeys`) for the train and val splits of a ZarrPatchDataset.
+    UserError when a split has no sample.
     """
     training = params["training"]
     datasets = make_datasets(params) if datasets is None else datasets
@@ -481,9 +512,11 @@ def load_datasets(params, world=1, rank=0, datasets=None, collate=pad_collate, p
             drop_last = name == "train" and len(data) >= world * training["batch_size"]
             sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True, seed=training["seed"],
                                          drop_last=drop_last)
+            if isinstance(data, ZarrPatchDataset):
+                sampler = EpochKeys(sampler)
         loaders[name] = DataLoader(data, batch_size=training["batch_size"], sampler=sampler,
-                                   num_workers=training["num_workers"], collate_fn=collate,
-                                   pin_memory=pin_memory, persistent_workers=False)
+                                   num_workers=training["num_workers"], collate_fn=collate, pin_memory=pin_memory,
+                                   persistent_workers=training["num_workers"] > 0 and name != "test")
     loaders["val"].sampler.set_epoch(0)  # one fixed mixed validation order
     return loaders
 

@@ -50,7 +50,7 @@ from dataset import ChunkCache, open_store, window_starts
 from model import Lagrangian, build_model
 from normalization import check_config, check_store, denormalize_target, target_input_frames, window_steps
 from preproc import EPOCH, NoCoverage, minutes_since_epoch, scan_case, write_case
-from training import load_checkpoint, load_model_state, pick_device
+from training import load_checkpoint, load_model_state, pick_device, reuse_cpu_memory
 
 CATEGORICAL = ("csi", "pod", "far", "hss", "hss_half", "ets", "frequency_bias", "accuracy", "precision", "f1")
 CONTINUOUS = ("mse", "mae", "rmse", "bias", "corr", "pmse")
@@ -105,10 +105,11 @@ class Forecaster:
         channels) is clipped to 0 .. config.RAIN_RATE_MAX: a network can extrapolate its output far
         beyond any rain rate ever measured, which would dominate the MSE."""
         inputs = torch.from_numpy(x).to(self.device)
-        if self.lagrangian:
-            pred = self.model(inputs, torch.from_numpy(motion).to(self.device, inputs.dtype))
-        else:
-            pred = self.model(inputs)
+        with reuse_cpu_memory():
+            if self.lagrangian:
+                pred = self.model(inputs, torch.from_numpy(motion).to(self.device, inputs.dtype))
+            else:
+                pred = self.model(inputs)
         out = denormalize_target(pred.float()[:, :, 0], self.stats).cpu().numpy()
         if self.stats["target"]["transform"] == "log1p":
             np.clip(out, 0.0, config.RAIN_RATE_MAX, out=out)
@@ -352,7 +353,7 @@ def methods_override(args):
 
 def check_flags(args, params):
     """UserError for flags that do not fit together, before any work; the output folder is made."""
-    for flag, value in (("--stride", args.stride), ("--batch_size", args.batch_size)):
+    for flag, value in (("--stride", args.stride), ("--batch_size", 1 if args.batch_size is None else args.batch_size)):
         if value < 1:
             raise UserError(f"{flag} {value}: expected an integer >= 1")
     if args.predict is None:
@@ -373,7 +374,9 @@ def main(argv=None):
     parser.add_argument("--split", default="test", choices=("train", "val", "test"), help="split to score (default: test)")
     parser.add_argument("--methods", help="comma-separated: model, persistence, extrapolation "
                                           "(default: evaluation.methods)")
-    parser.add_argument("--batch_size", type=int, default=4, help="windows per model call (default: 4)")
+    parser.add_argument("--batch_size", type=int, help="windows per model call (default: 4 on CUDA, 1 on the CPU, "
+                                                       "where larger batches only take more memory: 1.26x slower "
+                                                       "and 2.2x the peak memory at 4 on FMI frames)")
     parser.add_argument("--stride", type=int, default=1,
                         help="score every N-th window of each case only, for a quick look (default: 1, all)")
     config.add_override_flags(parser, [("--device", "training.device"),
@@ -396,7 +399,8 @@ def main(argv=None):
         return 0
     step = params["data"]["time_step_minutes"]
     lead_minutes = [step * lead for lead in forecaster.leads]
-    acc, n_windows = score_split(forecaster, params, args.split, methods, args.batch_size, args.stride)
+    batch_size = args.batch_size if args.batch_size is not None else 4 if device.type == "cuda" else 1
+    acc, n_windows = score_split(forecaster, params, args.split, methods, batch_size, args.stride)
     report = metrics_report(acc, params, args.split, n_windows, lead_minutes)
     out_dir = os.path.join(params["paths"]["outputs"], "eval", args.split)
     path, table, rows, plots = write_outputs(report, out_dir)

@@ -1,6 +1,7 @@
 """Raw nowcasting cases -> normalised per-event Zarr stores (seed 000, `preproc.py`).
 
     python preproc.py [--config params.json] [--raw_dataset DIR] [--processed_data DIR] [--skip_bad_cases]
+                      [--workers N]
 
 Reads `<raw_dataset>/<case>/<source>/<YYYYmmddHHMM>.npy` (../shared/docs/raw-case-layout.md) for
 every source in `data.inputs` and the target source, and writes
@@ -65,11 +66,15 @@ the case and goes on without it.
 """
 import argparse
 import collections
+import concurrent.futures
 import datetime as dt
+import functools
 import json
+import multiprocessing
 import os
 import shutil
 
+import numba
 import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
@@ -393,8 +398,9 @@ class NoCoverage(Exception):
     """The target has no data at any step of a case (no radar coverage): no store is written."""
 
 
-def write_case(plan, split_name, out_dir, stats, params):
-    """Fill, normalise and write one case to <out_dir>/<case>.zarr (via .zarr.tmp).
+def write_case(plan, split_name, out_dir, stats, params, workers=1):
+    """Fill, normalise and write one case to <out_dir>/<case>.zarr (via .zarr.tmp); the motion
+    field (data.motion) on `workers` processes.
 
     Returns (path, found) with found as `write_tiles` gives it. Raises NoCoverage (and writes
     nothing) when the target has no data anywhere.
@@ -438,31 +444,58 @@ def write_case(plan, split_name, out_dir, stats, params):
                                       "standard_name": "time"})
         root.attrs["negative_values_dropped"] = found.get("negative", 0)
         if params["data"]["motion"]:
-            write_motion(root, stats, params["data"]["motion_frames"])
+            write_motion(root, tmp, stats, params["data"]["motion_frames"], workers)
     return final, found
 
 
-def write_motion(root, stats, motion_frames):
+def write_motion(root, path, stats, motion_frames, workers=1):
     """The `motion` array: at step t, baselines.motion_field of the target frames
     t - motion_frames + 1 .. t (mm/h, NaN outside coverage) on full frames, pixels per step, [0]
     along x, [1] along y; zeros where fewer than two frames have data (the extrapolation forecasting
     from t uses the same field). The field is smooth (a Gaussian of 15 px ends motion_field), so it
     is stored at every MOTION_STRIDE-th pixel, (T, 2, ceil(H/s), ceil(W/s)) (pixel (s i, s j)):
     16x less disk; dataset.py interpolates a crop back bilinearly.
+
+    The steps are independent: with workers > 1 they are computed by that many processes, each
+    reading the frames it needs from the store at `path` (the same values as with one process).
     """
-    target, coverage = root["target"], root["coverage"]
-    n_steps, n_y, n_x = target.shape
+    n_steps, n_y, n_x = root["target"].shape
     shape = (2, -(-n_y // MOTION_STRIDE), -(-n_x // MOTION_STRIDE))
     motion = root.create_array("motion", shape=(n_steps,) + shape, dtype="float32", chunks=(1,) + shape,
                                compressors=COMPRESSOR, dimension_names=("time", "component", "y_motion", "x_motion"),
                                attributes={"long_name": "motion of the target (x, y components)",
                                            "units": "pixels per step", "stride": MOTION_STRIDE})
-    for t in tqdm(range(n_steps), desc=f"motion {root.attrs['case']}", unit="step", leave=False):
-        first = max(0, t - motion_frames + 1)
-        frames = denormalize_target(target[first:t + 1].astype(np.float64), stats)
-        frames[~coverage[first:t + 1]] = np.nan
-        if len(frames) >= 2:
-            motion[t] = motion_field(frames)[:, ::MOTION_STRIDE, ::MOTION_STRIDE]
+    steps = range(1, n_steps)  # step 0 has one frame: its motion stays 0
+    bar = functools.partial(tqdm, total=len(steps), desc=f"motion {root.attrs['case']}", unit="step", leave=False)
+    if workers <= 1 or len(steps) < 2:
+        for t in bar(steps):
+            motion[t] = step_motion(root, t, motion_frames, stats)
+        return
+    # spawn: a fresh interpreter per worker, safe whatever threads the caller (torch, numba) runs;
+    # one numba thread per worker (its parallel kernels would otherwise start one thread per core each)
+    with concurrent.futures.ProcessPoolExecutor(min(workers, len(steps)), mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=numba.set_num_threads, initargs=(1,)) as pool:
+        fields = pool.map(_stored_step_motion, *zip(*((path, t, motion_frames, stats) for t in steps)))
+        for t, field in bar(zip(steps, fields)):
+            motion[t] = field
+
+
+def step_motion(root, t, motion_frames, stats):
+    """The stored motion of step t (2, ceil(H/s), ceil(W/s)) float32 of the case's group (see write_motion)."""
+    first = max(0, t - motion_frames + 1)
+    frames = denormalize_target(root["target"][first:t + 1].astype(np.float64), stats)
+    frames[~root["coverage"][first:t + 1]] = np.nan
+    return motion_field(frames)[:, ::MOTION_STRIDE, ::MOTION_STRIDE].astype(np.float32)
+
+
+def _stored_step_motion(path, t, motion_frames, stats):
+    """step_motion in a worker process, of the store at `path` (opened once per worker)."""
+    return step_motion(_open_store(path), t, motion_frames, stats)
+
+
+@functools.lru_cache(maxsize=1)
+def _open_store(path):
+    return zarr.open_group(path, mode="r")
 
 
 def write_tiles(arrays, plan, stats, params, tile_rows, tile_cols):
@@ -561,8 +594,9 @@ def remove_stale(out_dir, split):
     return removed
 
 
-def preprocess(params, skip_bad_cases=False, progress=True):
-    """Run the seven steps; returns a summary dict (see the keys at the end)."""
+def preprocess(params, skip_bad_cases=False, progress=True, workers=1):
+    """Run the seven steps (motion fields on `workers` processes); returns a summary dict (see the keys
+    at the end)."""
     out_dir, data = params["paths"]["processed_data"], params["data"]
     for name in SPLITS:  # a file in the way or no permission: said before any work
         ensure_folder(os.path.join(out_dir, name), "paths.processed_data")
@@ -576,7 +610,7 @@ def preprocess(params, skip_bad_cases=False, progress=True):
     jobs = [(name, case) for name in SPLITS for case in split[name]]
     for name, case in tqdm(jobs, desc="write", unit="case", disable=not progress):
         try:
-            _, found = write_case(plans[case], name, os.path.join(out_dir, name), stats, params)
+            _, found = write_case(plans[case], name, os.path.join(out_dir, name), stats, params, workers)
         except NoCoverage as exc:
             tqdm.write(f"skipped: {exc}")
             skipped[case] = str(exc)
@@ -617,9 +651,16 @@ def main(argv=None):
     add_override_flags(parser, FLAGS)
     parser.add_argument("--skip_bad_cases", "--skip-bad-cases", action="store_true",
                         help="report a bad case and go on without it (default: stop with an error)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes computing the motion fields (data.motion), the slow part: each step's "
+                             "field is independent, the stores are the same for any N; 0 = one per available "
+                             "core (default: 1)")
     args = parser.parse_args(argv)
+    if args.workers < 0:
+        raise UserError(f"--workers {args.workers}: expected 0 (one per core) or a positive number of processes")
     params = load_params(args.config, overrides_from(args))
-    summary = preprocess(params, skip_bad_cases=args.skip_bad_cases)
+    workers = args.workers or len(os.sched_getaffinity(0))
+    summary = preprocess(params, skip_bad_cases=args.skip_bad_cases, workers=workers)
     split = summary["split"]
     out_dir = params["paths"]["processed_data"]
     extra = f", {len(summary['skipped'])} bad cases skipped" if summary["skipped"] else ""

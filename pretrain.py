@@ -43,12 +43,12 @@ import time
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 import config
 from config import UserError
-from dataset import FrameWindowDataset
+from dataset import EpochKeys, FrameWindowDataset
 from model import SparKUNet, count_parameters
 from normalization import load_stats, target_input_frames
 from training import (Diverged, check_same_run, load_checkpoint, load_model_state, pick_device, read_log, rng_states,
@@ -178,36 +178,37 @@ def build(params, stats, frames):
 
 
 def make_loaders(params, frames):
-    """The training windows (a dataset: `batches` shuffles it) and a loader of the held-out windows
-    (the val split's stores, centre crops, one fixed order)."""
-    pre, processed = params["pretraining"], params["paths"]["processed_data"]
+    """Loaders of the training windows (`batches` sets their shuffle and crops per pass) and of the
+    held-out windows (the val split's stores, centre crops, one fixed order). Loader workers persist
+    between passes, so their chunk caches stay warm."""
+    pre, processed, workers = params["pretraining"], params["paths"]["processed_data"], params["training"]["num_workers"]
     train = FrameWindowDataset(os.path.join(processed, "train"), params, frames, train=True)
     val = FrameWindowDataset(os.path.join(processed, "val"), params, frames, train=False)
-    common = dict(batch_size=pre["bs"], num_workers=params["training"]["num_workers"])
+    common = dict(batch_size=pre["bs"], num_workers=workers, persistent_workers=workers > 0)
+    shuffle = EpochKeys(DistributedSampler(train, num_replicas=1, rank=0, shuffle=True, seed=0))
     val_order = np.random.default_rng(params["training"]["seed"]).permutation(len(val)).tolist()
-    return train, DataLoader(val, sampler=val_order, **common)
+    return (DataLoader(train, sampler=shuffle, drop_last=len(train) >= pre["bs"], **common),
+            DataLoader(val, sampler=val_order, **common))
 
 
-def batches(dataset, params, epoch):
-    """Shuffled training batches without end; pass p of epoch e shuffles with seed (seed, e, p)."""
-    pre = params["pretraining"]
+def batches(loader, params, epoch):
+    """Training batches without end: pass p of epoch e is shuffled, and its crops and turns drawn, with
+    the key seed * 1000003 + e * 100003 + p (a window drawn twice in an epoch gets two crops)."""
     for p in range(10 ** 9):
-        generator = torch.Generator().manual_seed(params["training"]["seed"] * 1000003 + epoch * 100003 + p)
-        loader = DataLoader(dataset, batch_size=pre["bs"], shuffle=True, generator=generator,
-                            drop_last=len(dataset) >= pre["bs"], num_workers=params["training"]["num_workers"])
+        loader.sampler.set_epoch(params["training"]["seed"] * 1000003 + epoch * 100003 + p)
         for batch in loader:
             yield batch["x"]
 
 
 # --------------------------------------------------------------------------- train / validate
-def train_epoch(model, dataset, optimizer, params, epoch, step, device):
+def train_epoch(model, loader, optimizer, params, epoch, step, device):
     """One epoch of pretraining.steps_per_epoch steps. Returns (mean loss, samples, new step)."""
     pre = params["pretraining"]
     amp = params["training"]["amp"] and device.type == "cuda"
     total_steps = pre["ep"] * pre["steps_per_epoch"]
     peak = pre["base_lr"] * pre["bs"] / 256
     model.train()
-    total, n_samples, source = 0.0, 0, batches(dataset, params, epoch)
+    total, n_samples, source = 0.0, 0, batches(loader, params, epoch)
     bar = tqdm(range(pre["steps_per_epoch"]), desc=f"pretrain epoch {epoch + 1}/{pre['ep']}", unit="step", leave=False)
     for _ in bar:
         x = next(source).to(device)
@@ -282,16 +283,15 @@ def reconstruction_panels(model, loader, params, stats, device, out_path, n_samp
         title=f"Masked pretraining: last of {T} frames, {params['pretraining']['mask']:g} of the patches masked ({mode})")
 
 
-def run_epochs(model, optimizer, train_set, val_loader, params, stats, device, files, start):
+def run_epochs(model, optimizer, train_loader, val_loader, params, stats, device, files, start):
     """The epoch loop; checkpoints and log rows written after every epoch. Returns the last epoch run."""
     pre, seed = params["pretraining"], params["training"]["seed"]
     last_path, best_path, log_path = files
     epoch, step, best_val, rows = start
     for epoch in range(epoch, pre["ep"]):
         seed_everything(seed * 1000003 + epoch)
-        train_set.set_epoch(epoch)
         wall, cpu = time.time(), time.process_time()
-        train_loss, n_samples, step = train_epoch(model, train_set, optimizer, params, epoch, step, device)
+        train_loss, n_samples, step = train_epoch(model, train_loader, optimizer, params, epoch, step, device)
         val_loss, level = validate(model, val_loader, params, device)
         seconds, cpu_seconds = time.time() - wall, time.process_time() - cpu
         improved = val_loss < best_val
@@ -338,11 +338,11 @@ def main(argv=None):
         optimizer.load_state_dict(state["optimizer"])
         start = (state["epoch"], state["step"], state["best_val"], read_log(log_path, state["epoch"]))
         print(f"resumed from {last_path}: {state['epoch']} epochs done, step {state['step']}")
-    train_set, val_loader = make_loaders(params, frames)
+    train_loader, val_loader = make_loaders(params, frames)
     print(f"pretrain: SparKUNet {pre_summary(params, frames, stats)} ({count_parameters(model):,} parameters) on "
-          f"{device}; windows train/held-out {len(train_set)}/{len(val_loader.dataset)}")
+          f"{device}; windows train/held-out {len(train_loader.dataset)}/{len(val_loader.dataset)}")
     try:
-        run_epochs(model, optimizer, train_set, val_loader, params, stats, device,
+        run_epochs(model, optimizer, train_loader, val_loader, params, stats, device,
                    (last_path, best_path, log_path), start)
     except Diverged as exc:
         print(f"error: pretraining stopped: {exc} (lower --base_lr?)", file=sys.stderr)

@@ -8,11 +8,13 @@ twice with evaluate.score_split:
   before  the kernels evaluate.py had before issue 11: scipy map_coordinates for every bilinear
           sample of the motion estimate and the advection, scipy uniform_filter for FSS, numpy
           temporaries for the continuous scores, every window's frames read whole from Zarr, and
-          the motion estimated by the extrapolation itself (and once more for a Lagrangian model);
+          the motion estimated by the extrapolation itself (and once more for a Lagrangian model),
+          the network's forward with glibc's default malloc (a fresh mmap per block above 32 MB);
   after   the current code: numba bilinear sampling (interpolation.bilinear_sample), FSS from
           integral images over the events' bounding box, one pass for the continuous scores, the
           frames through the chunk cache (consecutive windows share all but one), one motion
-          estimate per window shared by extrapolation and model.
+          estimate per window shared by extrapolation and model, the forward's freed memory reused
+          (training.reuse_cpu_memory).
 Each is timed after one untimed window (kernel compilation). Prints wall and CPU seconds per window
 for each and their ratios, and the largest difference between the two
 runs' scores (they must agree: the kernels compute the same numbers to float rounding).
@@ -82,13 +84,13 @@ class BeforeForecaster(evaluate.Forecaster):
 
 @contextlib.contextmanager
 def before_kernels():
-    kept = baselines._sample, metrics._fraction_sums, metrics._continuous_sums
-    baselines._sample, metrics._fraction_sums, metrics._continuous_sums = \
-        scipy_sample, scipy_fraction_sums, numpy_continuous_sums
+    kept = baselines._sample, metrics._fraction_sums, metrics._continuous_sums, evaluate.reuse_cpu_memory
+    baselines._sample, metrics._fraction_sums, metrics._continuous_sums, evaluate.reuse_cpu_memory = \
+        scipy_sample, scipy_fraction_sums, numpy_continuous_sums, contextlib.nullcontext
     try:
         yield
     finally:
-        baselines._sample, metrics._fraction_sums, metrics._continuous_sums = kept
+        baselines._sample, metrics._fraction_sums, metrics._continuous_sums, evaluate.reuse_cpu_memory = kept
 
 
 def limit_windows(n):

@@ -1,7 +1,7 @@
 """Benchmark of the nowcasting data path: preproc.py on the real radar events (without and with
 the motion field), then patch loading (dataset.ZarrPatchDataset) without the chunk cache against
 reading whole frames and cropping in memory, with the chunk cache over whole passes (cold, then
-warm), and the CPU training step rate of the default model for comparison.
+warm) in one process and in training's loader with 2 persistent workers, and the CPU training step rate of the default model for comparison.
 
     python bench/bench_nowcast_data.py [--out /tmp/bench_nowcast_data] [--batches 20] [--train-steps 3]
                                        [--cache-mb 2048] [--passes 6] [--loading-only]
@@ -136,6 +136,22 @@ def cached_rates(ds, passes):
     return rates
 
 
+def worker_pass_rates(params, ds, workers, passes):
+    """Samples per second of whole passes of training's loader (dataset.load_datasets: persistent
+    workers, the pass's epoch sent with each index), new crops every pass: [samples/s per pass]."""
+    import dataset
+    params["training"]["num_workers"] = workers
+    loader = dataset.load_datasets(params, datasets={"train": ds, "val": ds})["train"]
+    rates = []
+    for epoch in range(passes):
+        loader.sampler.set_epoch(epoch)
+        start, n = time.perf_counter(), 0
+        for batch in loader:
+            n += len(batch["x"])
+        rates.append(n / (time.perf_counter() - start))
+    return rates
+
+
 def train_step_rate(params, in_channels, batch_size, steps):
     """Samples per second of forward + backward + AdamW of the default model on random patches (CPU)."""
     import torch
@@ -240,6 +256,11 @@ def bench_loading(params, out, args):
     passes = cached_rates(cached, args.passes)
     for number, rate, megabytes, decoded in passes:
         print(f"  {number:>4} {rate:>10.1f} {rate / train_rate:>11.1f}x {megabytes:>9.0f} {decoded:>15}")
+    print("\npatch read with the chunk cache through training's loader (2 persistent workers, each with its own "
+          "cache), whole passes")
+    fresh = dataset.ZarrPatchDataset(os.path.join(out, "train"), params, train=True)  # cold caches (fork copies)
+    for number, rate in enumerate(worker_pass_rates(params, fresh, 2, args.passes), 1):
+        print(f"  {number:>4} {rate:>10.1f} {rate / train_rate:>11.1f}x")
     worst = min(rates['patch read, no cache', 0], rates['patch read, no cache', 2]) / train_rate
     print(f"\ntarget: patch loading >= 5x the training sample rate: {worst:.1f}x without the cache -> "
           f"{'met' if worst >= 5 else 'NOT met'}")

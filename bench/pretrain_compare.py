@@ -75,8 +75,8 @@ def run(cmd):
 
 def write_params(out, args):
     """<out>/params.json: radar only, seed 004's windows, the CPU-sized models, no rain filter."""
-    cases, split = plan_cases()
-    write_cases(os.path.join(out, "raw"), cases)
+    cases, split = plan_cases(args.radar)
+    write_cases(os.path.join(out, "raw"), cases, args.radar)
     params = config.load_params(os.path.join(ROOT, "params.json"))
     params["paths"].update(raw_dataset=f"{out}/raw", processed_data=f"{out}/processed",
                            checkpoints=f"{out}/checkpoints", outputs=out)
@@ -225,9 +225,11 @@ def main():
     parser.add_argument("--out", default="outputs/pretrain_compare", help="output folder")
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS), help="learned rows to run")
     parser.add_argument("--fresh", action="store_true", help="redo every step, even those whose outputs exist")
+    parser.add_argument("--radar", default=RADAR, metavar="DIR",
+                        help="folder of the events' .npz files (default: ../shared/data/radar)")
     args = parser.parse_args()
-    if not os.path.isdir(RADAR):
-        print(f"skipped: {RADAR} not found (the real events ship with the project's shared data only)")
+    if not os.path.isdir(args.radar):
+        print(f"skipped: {args.radar} not found (the real events ship with the project's shared data only)")
         return
     out, py, started = os.path.join(ROOT, args.out), sys.executable, time.time()
     cfg = write_params(out, args)

@@ -1,10 +1,10 @@
 """Real-data check: train on three real radar events, score on the held-out fourth against
 persistence and optical-flow extrapolation.
 
-    python bench/real_data.py [--cpu_minutes 20] [--name default] [--split test]
+    python bench/real_data.py [--cpu_minutes 20] [--name default] [--split test] [--radar DIR]
                               [--set model.convlstm_unet.lagrangian=false ...]
 
-Events from ../shared/data/radar (pysteps example data: KNMI 2010-08-26, BoM 2020-10-31,
+Events from ../shared/data/radar, or --radar (pysteps example data: KNMI 2010-08-26, BoM 2020-10-31,
 FMI 2017-05-09 and FMI 2016-09-28; CC BY 4.0 where stated there). The three training events are
 each cut in time: the first part trains, the last quarter (at least 18 frames, one forecast
 window) validates; the held-out event fmi-20160928 is never used for training, validation or
@@ -13,7 +13,7 @@ Forecast: 6 inputs (30 min) -> 12 frames, leads 5 .. 60 min (lead_steps 1, outpu
 radar rain rate only; the model and training settings are those of params.json, changed by --set.
 The BoM event (10-minute scans) is placed on the 5-minute axis and interpolated in time.
 
-Preprocessing (with the motion field of every step) is done once into <out>/processed and reused;
+Preprocessing (with the motion field of every step, on every core) is done once into <out>/processed and reused;
 each run writes <out>/<name>/ (checkpoints, train_log.csv, eval/<split>/, per-lead plots, forecast
 panels). Training stops at --cpu_minutes of CPU time (training.cpu_minutes) or by early stopping.
 The tables printed at the end (seed 004's table at 1 mm/h, and CSI at 1 and 5 mm/h, MSE and FAR per
@@ -38,15 +38,15 @@ TEST_EVENT = "fmi-20160928"
 WINDOW = 18  # 6 input + 12 target frames
 
 
-def plan_cases():
-    """[(case, event file, time slice)] (raw cases <event>-train / <event>-val of the training events, the test
-    event whole) and the split {"train", "val", "test": [case]}; reads only the events' times."""
+def plan_cases(radar=RADAR):
+    """[(case, event file, time slice)] of the events in folder `radar` (raw cases <event>-train /
+    <event>-val of the training events, the test event whole) and the split {"train", "val", "test": [case]}; reads only the events' times."""
     split, cases = {"train": [], "val": [], "test": []}, []
-    for name in sorted(os.listdir(RADAR)):
+    for name in sorted(os.listdir(radar)):
         if not name.endswith(".npz"):
             continue
         event = name[:-4]
-        with np.load(os.path.join(RADAR, name)) as z:
+        with np.load(os.path.join(radar, name)) as z:
             n_times = len(z["time"])
         n_val = max(n_times // 4, WINDOW)
         parts = [(event, slice(None), "test")] if event == TEST_EVENT else \
@@ -58,10 +58,10 @@ def plan_cases():
     return cases, split
 
 
-def write_cases(out, cases):
+def write_cases(out, cases, radar=RADAR):
     """The frames of every planned case as <out>/<case>/radar/<YYYYmmddHHMM>.npy (files already there are kept)."""
     for case, name, part in cases:
-        with np.load(os.path.join(RADAR, name)) as z:
+        with np.load(os.path.join(radar, name)) as z:
             rain, times = z["rain_rate"][part], z["time"][part]
         folder = config.ensure_folder(os.path.join(out, case, "radar"), "--out")
         for frame, stamp in zip(rain, times):
@@ -155,24 +155,26 @@ def main(argv=None):
                              "training.loss.name=mse (default: none)")
     parser.add_argument("--skip_training", action="store_true", help="score the run's existing best.pt")
     parser.add_argument("--stride", type=int, default=1, help="score every N-th window (default: 1, all)")
+    parser.add_argument("--radar", default=RADAR, metavar="DIR",
+                        help="folder of the events' .npz files (default: ../shared/data/radar)")
     args = parser.parse_args(argv)
     check_flags(args)
-    if not os.path.isdir(RADAR):
-        print(f"skipped: {RADAR} not found (the real events ship with the project's shared data only)")
+    if not os.path.isdir(args.radar):
+        print(f"skipped: {args.radar} not found (the real events ship with the project's shared data only)")
         return 0
     out = os.path.join(ROOT, args.out)
     run_dir = os.path.join(out, args.name)
-    cases, split = plan_cases()
+    cases, split = plan_cases(args.radar)
     params = make_params(out, run_dir, split, args)
     config.ensure_folder(run_dir, "--out")
     best = f"{run_dir}/checkpoints/best.pt"
     if args.skip_training and not os.path.isfile(best):
         raise config.UserError(f"--skip_training: {best} not found (train this run first)")
-    write_cases(os.path.join(out, "raw"), cases)
+    write_cases(os.path.join(out, "raw"), cases, args.radar)
     cfg = write_params(run_dir, params)
     py = sys.executable
     if not os.path.isfile(os.path.join(out, "processed", "stats.json")):
-        run([py, "preproc.py", "--config", cfg])
+        run([py, "preproc.py", "--config", cfg, "--workers", "0"])
     started = time.time()
     if not args.skip_training:
         run([py, "training.py", "--config", cfg, "--skip_test"])

@@ -283,6 +283,29 @@ def test_load_datasets_and_workers(params, tmp_path):
         torch.testing.assert_close(s, q)
 
 
+def test_persistent_workers_get_each_pass_epoch_through_the_sampler(params, tmp_path):
+    """Workers persist between passes (their chunk caches stay warm); training.cycle's new epoch per pass
+    reaches them as (epoch, index) keys, so 2 workers give the batches of one process over several passes."""
+    import training
+    cases = {c: (14, set(), ramp((40, 36))) for c in ("a", "b", "c")}
+    p, _ = build(params, tmp_path, cases, {"train": ["a"], "val": ["b"], "test": ["c"]},
+                 input_steps=3, lead_steps=2, output_steps=1, patch_size=16)
+    p["training"].update(batch_size=4, seed=3)
+    runs = {}
+    for workers in (0, 2):
+        p["training"]["num_workers"] = workers
+        loader = dataset.load_datasets(p)["train"]
+        assert loader.persistent_workers == (workers > 0) and isinstance(loader.sampler, dataset.EpochKeys)
+        source = training.cycle(loader, epoch=5)
+        runs[workers] = [next(source)["x"] for _ in range(5)]  # 2 batches a pass: 3 passes, the last cut short
+    for serial, parallel in zip(runs[0], runs[2]):
+        torch.testing.assert_close(serial, parallel)
+    ds = loader.dataset
+    ds.set_epoch(17)
+    torch.testing.assert_close(ds[(17, 4)]["x"], ds[4]["x"])  # a key (epoch, index) = set_epoch + index
+    assert [ds.crop((17, i)) for i in range(len(ds))] != [ds.crop((18, i)) for i in range(len(ds))]
+
+
 def test_errors(params, tmp_path, ramp_store):
     p, out = ramp_store
     with pytest.raises(config.UserError, match=r"empty: no .zarr stores \(run preproc.py; see paths.processed_data\)$"):

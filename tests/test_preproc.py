@@ -455,6 +455,29 @@ def test_stored_motion_equals_motion_field_of_the_stored_frames(params, tmp_path
     assert abs(np.median(full5[0][rainy]) - 1.5) < 0.2 and abs(np.median(full5[1][rainy]) + 0.5) < 0.2
 
 
+def test_motion_on_worker_processes_equals_one_process(params, params_file, tmp_path, capsys):
+    """preproc --workers 2 (spawned processes reading the store being written) writes the same stores."""
+    raw = tmp_path / "raw"
+    yy, xx = np.mgrid[0:40, 0:44].astype(np.float32)
+    for t in range(7):
+        save(raw, "c1", "radar", t, 9 * np.exp(-((yy - 20 + 0.7 * t) ** 2 + (xx - 10 - 2.0 * t) ** 2) / 30))
+    stores = []
+    for workers in (1, 2):
+        out = tmp_path / f"out{workers}"
+        cfg = params_file(configure(params, raw, out, split=one_case_split("c1"), inputs={"radar": ["rain_rate"]},
+                                    input_steps=2, lead_steps=1))
+        assert preproc.main(["--config", cfg, "--workers", str(workers)]) == 0
+        stores.append(open_store(out, "train", "c1"))
+    assert np.abs(stores[0]["motion"][3]).max() > 1.0  # a real field, not the fill value
+    for name in ("motion", "target", "coverage", "inputs"):
+        np.testing.assert_array_equal(stores[1][name][:], stores[0][name][:])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        config.run_main(preproc.main, ["--config", cfg, "--workers", "-2"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1 and "--workers -2" in err
+
+
 # --------------------------------------------------------------------------- data that must not look good
 def test_negative_rain_rates_are_no_data_and_said(params, tmp_path, capsys):
     """A -9999 no-data flag and a -0.5 artefact: dropped as no data (coverage False), stats unchanged."""

@@ -342,9 +342,9 @@ def test_pretrain_compare_cuts_events_into_cases_and_holds_out_the_test_event(tm
     for name, n in (("knmi-20100826", 40), (real_data.TEST_EVENT, 30)):
         times = np.array([f"20100826{m // 60:02d}{m % 60:02d}" for m in range(0, 5 * n, 5)])
         np.savez(radar / f"{name}.npz", rain_rate=np.ones((n, 8, 8), np.float32), time=times)
-    monkeypatch.setattr(real_data, "RADAR", str(radar))
     out = tmp_path / "out"
-    cfg = pretrain_compare.write_params(str(out), argparse.Namespace(steps_per_epoch=10, pretrain_base_lr=0.032))
+    cfg = pretrain_compare.write_params(str(out), argparse.Namespace(steps_per_epoch=10, pretrain_base_lr=0.032,
+                                                                     radar=str(radar)))
     with open(cfg) as fh:
         split = json.load(fh)["data"]["split"]
     assert (split["train"], split["val"], split["test"]) == \

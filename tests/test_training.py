@@ -361,3 +361,35 @@ def test_loss_options_by_hand():
     with_csi = {**cfg, "name": "mse", "csi_weight": 0.5, "csi_threshold": 2.5}
     assert training.task_loss(pred, target, mask, Task(), with_csi).item() == \
         pytest.approx(9 / 3 + 0.5 * (1 - f[2] / (f[0] + f[1] + 1)))
+
+
+def test_reuse_cpu_memory_serves_large_blocks_from_the_heap_then_restores_glibc():
+    """Inside the block a 128 MB array takes no mmap of its own (glibc's mallinfo2 counts mmapped
+    bytes); before and after, glibc's default gives it one. The forward is the same bit for bit."""
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                         "fsmblks", "uordblks", "fordblks", "keepcost")]
+    libc = ctypes.CDLL(None)
+    if not hasattr(libc, "mallinfo2"):
+        pytest.skip("no glibc >= 2.33 (mallinfo2)")
+    libc.mallinfo2.restype = MallInfo2
+
+    def mmapped_growth():
+        before = libc.mallinfo2().hblkhd
+        block = np.ones(2 ** 24)  # 128 MB, above glibc's largest mmap threshold (32 MB)
+        grown = libc.mallinfo2().hblkhd - before
+        del block
+        return grown
+
+    assert mmapped_growth() >= 2 ** 27
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(16, 1, 3))
+    x = torch.rand(1, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        outside = net(x)
+        with training.reuse_cpu_memory():
+            assert mmapped_growth() == 0
+            inside = net(x)
+    assert mmapped_growth() >= 2 ** 27
+    assert torch.equal(inside, outside)
