@@ -211,7 +211,7 @@ def write_tables(rows, out, header_note):
     return text
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--finetune_cpu_minutes", type=float, default=15.0,
@@ -227,8 +227,10 @@ def main():
     parser.add_argument("--fresh", action="store_true", help="redo every step, even those whose outputs exist")
     parser.add_argument("--radar", default=RADAR, metavar="DIR",
                         help="folder of the events' .npz files (default: ../shared/data/radar)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not os.path.isdir(args.radar):
+        if args.radar != RADAR:  # a folder the user named
+            raise config.UserError(f"--radar {args.radar}: not a folder (expected the events' .npz files)")
         print(f"skipped: {args.radar} not found (the real events ship with the project's shared data only)")
         return
     out, py, started = os.path.join(ROOT, args.out), sys.executable, time.time()
@@ -250,4 +252,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    config.run_main(main)

@@ -160,6 +160,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     check_flags(args)
     if not os.path.isdir(args.radar):
+        if args.radar != RADAR:  # a folder the user named
+            raise config.UserError(f"--radar {args.radar}: not a folder (expected the events' .npz files)")
         print(f"skipped: {args.radar} not found (the real events ship with the project's shared data only)")
         return 0
     out = os.path.join(ROOT, args.out)

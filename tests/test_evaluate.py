@@ -264,6 +264,7 @@ def test_checkpoint_whose_weights_do_not_fit_is_one_line(trained, tmp_path):
     (["--name", "a/b"], "--name 'a/b': expected a folder name without '/'"),
     (["--out", "{blocker}/real"], "--out {blocker}/real/default: {blocker} is a file, expected a folder"),
     (["--skip_training"], "--skip_training: {out}/default/checkpoints/best.pt not found (train this run first)"),
+    (["--radar", "{blocker}"], "--radar {blocker}: not a folder (expected the events' .npz files)"),
 ])
 def test_real_data_bench_flags_are_checked_before_any_work(tmp_path, extra, message):
     if not os.path.isdir(os.path.join(os.path.dirname(ROOT), "shared", "data", "radar")):
