@@ -28,11 +28,11 @@ Batches (pad_collate) stack these along a new first axis B; `case` becomes a lis
   `set_epoch(e)` before each pass over the data to draw new crops (training.py does it for every
   pass, so a sample drawn twice in one epoch gets two crops). A sample can also be asked for by
   the key (epoch, index): the loaders' `EpochKeys` sampler sends such keys, so the epoch reaches
-  loader workers that persist between passes (and keep their chunk caches warm). With probability data.rain_patch_prob a crop is
-  looked for among rainy ones: up to data.crop_tries random crops are checked against the store's
-  `rain_max` (target max per 8 x 8 block, mm/h) and the first one that holds a block whose
-  maximum exceeds data.rain_threshold (block entirely inside the crop, so the crop surely has
-  rain) is kept; else the last one drawn. No target data is read for this check.
+  loader workers that persist between passes (and keep their chunk caches warm). With probability
+  data.rain_patch_prob a crop is looked for among rainy ones: up to data.crop_tries random crops are
+  checked against the store's `rain_max` (target max per 8 x 8 block, mm/h) and the first one that
+  holds a block whose maximum exceeds data.rain_threshold (block entirely inside the crop, so the
+  crop surely has rain) is kept; else the last one drawn. No target data is read for this check.
 - Training samples (data.augment) are flipped and turned by a multiple of 90 degrees, drawn from
   (seed, epoch, index) too; the motion vectors turn with the frames (lagrangian.rotate_flip).
 - val/test (train=False): the centre crop, or the full frame when data.eval_full_frame (or the

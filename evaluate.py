@@ -353,8 +353,8 @@ def methods_override(args):
 
 def check_flags(args, params):
     """UserError for flags that do not fit together, before any work; the output folder is made."""
-    for flag, value in (("--stride", args.stride), ("--batch_size", 1 if args.batch_size is None else args.batch_size)):
-        if value < 1:
+    for flag, value in (("--stride", args.stride), ("--batch_size", args.batch_size)):
+        if value is not None and value < 1:  # --batch_size None: the device's default
             raise UserError(f"{flag} {value}: expected an integer >= 1")
     if args.predict is None:
         for flag, value in (("--t0", args.t0), ("--output", args.output)):

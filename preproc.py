@@ -473,7 +473,8 @@ def write_motion(root, path, stats, motion_frames, workers=1):
         return
     # spawn: a fresh interpreter per worker, safe whatever threads the caller (torch, numba) runs;
     # one numba thread per worker (its parallel kernels would otherwise start one thread per core each)
-    with concurrent.futures.ProcessPoolExecutor(min(workers, len(steps)), mp_context=multiprocessing.get_context("spawn"),
+    spawn = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(min(workers, len(steps)), mp_context=spawn,
                                                 initializer=numba.set_num_threads, initargs=(1,)) as pool:
         fields = pool.map(_stored_step_motion, *zip(*((path, t, motion_frames, stats) for t in steps)))
         for t, field in bar(zip(steps, fields)):

@@ -181,7 +181,8 @@ def make_loaders(params, frames):
     """Loaders of the training windows (`batches` sets their shuffle and crops per pass) and of the
     held-out windows (the val split's stores, centre crops, one fixed order). Loader workers persist
     between passes, so their chunk caches stay warm."""
-    pre, processed, workers = params["pretraining"], params["paths"]["processed_data"], params["training"]["num_workers"]
+    pre, processed = params["pretraining"], params["paths"]["processed_data"]
+    workers = params["training"]["num_workers"]
     train = FrameWindowDataset(os.path.join(processed, "train"), params, frames, train=True)
     val = FrameWindowDataset(os.path.join(processed, "val"), params, frames, train=False)
     common = dict(batch_size=pre["bs"], num_workers=workers, persistent_workers=workers > 0)

@@ -1,7 +1,8 @@
 """Benchmark of the nowcasting data path: preproc.py on the real radar events (without and with
 the motion field), then patch loading (dataset.ZarrPatchDataset) without the chunk cache against
 reading whole frames and cropping in memory, with the chunk cache over whole passes (cold, then
-warm) in one process and in training's loader with 2 persistent workers, and the CPU training step rate of the default model for comparison.
+warm) in one process and in training's loader with 2 persistent workers, and the CPU training step
+rate of the default model for comparison.
 
     python bench/bench_nowcast_data.py [--out /tmp/bench_nowcast_data] [--batches 20] [--train-steps 3]
                                        [--cache-mb 2048] [--passes 6] [--loading-only]

@@ -40,7 +40,8 @@ WINDOW = 18  # 6 input + 12 target frames
 
 def plan_cases(radar=RADAR):
     """[(case, event file, time slice)] of the events in folder `radar` (raw cases <event>-train /
-    <event>-val of the training events, the test event whole) and the split {"train", "val", "test": [case]}; reads only the events' times."""
+    <event>-val of the training events, the test event whole) and the split {"train", "val", "test":
+    [case]}; reads only the events' times."""
     split, cases = {"train": [], "val": [], "test": []}, []
     for name in sorted(os.listdir(radar)):
         if not name.endswith(".npz"):
