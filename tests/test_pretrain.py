@@ -14,6 +14,7 @@ import torch
 
 import config
 import model
+import normalization
 import pretrain
 import training
 from conftest import ROOT, tiny_params
@@ -232,6 +233,22 @@ def test_pretrain_resumes_bit_for_bit_and_writes_its_outputs(processed, tmp_path
     assert os.path.getsize(resumed / "out" / "spark_pretrain" / "reconstruction.png") > 10000
     with pytest.raises(config.UserError, match="made with pretraining.mask = 0.5, but the config has 0.3"):
         pretrain.main(["--config", cfg, "--resume", "--mask", "0.3"])
+
+
+def test_a_window_drawn_again_in_one_epoch_gets_a_new_draw(processed, tmp_path):
+    """Pretraining draws crops and turns per pass, not per epoch: with one batch per pass (bs = every
+    window), the second pass of an epoch holds samples that the first pass did not."""
+    params = config.load_params(pretrain_params(tmp_path, processed))
+    frames = pretrain.frames_per_window(params, normalization.load_stats(processed))
+    params["pretraining"]["bs"] = len(pretrain.make_loaders(params, frames)[0].dataset)
+    loader, _ = pretrain.make_loaders(params, frames)
+    assert params["data"]["augment"] and len(loader) == 1
+    source = pretrain.batches(loader, params, epoch=0)
+    first, second = next(source), next(source)
+    repeated = [any(torch.equal(x, y) for y in first) for x in second]
+    assert not all(repeated)
+    again = pretrain.batches(loader, params, epoch=0)
+    assert torch.equal(next(again), first) and torch.equal(next(again), second)  # the same keys, the same draws
 
 
 def test_pretrain_user_errors_are_one_line(processed, tmp_path):
