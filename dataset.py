@@ -313,8 +313,8 @@ class ChunkCache:
     Training crops of the same events overlap, and so do consecutive forecast windows: with the
     cache each chunk is decoded about once, not once per sample. zarr's per-chunk decoding, not
     the copying, is where loading spends its time (bench/bench_nowcast_data.py). Every process
-    has its own cache (a DataLoader worker starts empty and lives one pass over the data), so
-    the memory is up to cache_mb per loading process. hits/misses count chunks.
+    has its own cache (a DataLoader worker starts empty and keeps its cache while it persists,
+    `EpochKeys`), so the memory is up to cache_mb per loading process. hits/misses count chunks.
     """
 
     def __init__(self, megabytes):

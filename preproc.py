@@ -67,6 +67,7 @@ the case and goes on without it.
 import argparse
 import collections
 import concurrent.futures
+import contextlib
 import datetime as dt
 import functools
 import json
@@ -398,9 +399,9 @@ class NoCoverage(Exception):
     """The target has no data at any step of a case (no radar coverage): no store is written."""
 
 
-def write_case(plan, split_name, out_dir, stats, params, workers=1):
+def write_case(plan, split_name, out_dir, stats, params, pool=None):
     """Fill, normalise and write one case to <out_dir>/<case>.zarr (via .zarr.tmp); the motion
-    field (data.motion) on `workers` processes.
+    field (data.motion) on the worker processes of `pool` (motion_pool), or in this process.
 
     Returns (path, found) with found as `write_tiles` gives it. Raises NoCoverage (and writes
     nothing) when the target has no data anywhere.
@@ -444,11 +445,11 @@ def write_case(plan, split_name, out_dir, stats, params, workers=1):
                                       "standard_name": "time"})
         root.attrs["negative_values_dropped"] = found.get("negative", 0)
         if params["data"]["motion"]:
-            write_motion(root, tmp, stats, params["data"]["motion_frames"], workers)
+            write_motion(root, tmp, stats, params["data"]["motion_frames"], pool)
     return final, found
 
 
-def write_motion(root, path, stats, motion_frames, workers=1):
+def write_motion(root, path, stats, motion_frames, pool=None):
     """The `motion` array: at step t, baselines.motion_field of the target frames
     t - motion_frames + 1 .. t (mm/h, NaN outside coverage) on full frames, pixels per step, [0]
     along x, [1] along y; zeros where fewer than two frames have data (the extrapolation forecasting
@@ -456,8 +457,8 @@ def write_motion(root, path, stats, motion_frames, workers=1):
     is stored at every MOTION_STRIDE-th pixel, (T, 2, ceil(H/s), ceil(W/s)) (pixel (s i, s j)):
     16x less disk; dataset.py interpolates a crop back bilinearly.
 
-    The steps are independent: with workers > 1 they are computed by that many processes, each
-    reading the frames it needs from the store at `path` (the same values as with one process).
+    The steps are independent: with a `pool` (motion_pool) its processes compute them, each reading
+    the frames it needs from the store at `path` (the same values as in this process).
     """
     n_steps, n_y, n_x = root["target"].shape
     shape = (2, -(-n_y // MOTION_STRIDE), -(-n_x // MOTION_STRIDE))
@@ -467,18 +468,25 @@ def write_motion(root, path, stats, motion_frames, workers=1):
                                            "units": "pixels per step", "stride": MOTION_STRIDE})
     steps = range(1, n_steps)  # step 0 has one frame: its motion stays 0
     bar = functools.partial(tqdm, total=len(steps), desc=f"motion {root.attrs['case']}", unit="step", leave=False)
-    if workers <= 1 or len(steps) < 2:
-        for t in bar(steps):
-            motion[t] = step_motion(root, t, motion_frames, stats)
-        return
-    # spawn: a fresh interpreter per worker, safe whatever threads the caller (torch, numba) runs;
-    # one numba thread per worker (its parallel kernels would otherwise start one thread per core each)
-    spawn = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(min(workers, len(steps)), mp_context=spawn,
-                                                initializer=numba.set_num_threads, initargs=(1,)) as pool:
+    if pool is None or not steps:
+        fields = (step_motion(root, t, motion_frames, stats) for t in steps)
+    else:
         fields = pool.map(_stored_step_motion, *zip(*((path, t, motion_frames, stats) for t in steps)))
-        for t, field in bar(zip(steps, fields)):
-            motion[t] = field
+    for t, field in bar(zip(steps, fields)):
+        motion[t] = field
+
+
+@contextlib.contextmanager
+def motion_pool(workers):
+    """`workers` processes for write_motion, or None (in this process) for workers <= 1. Spawned: a fresh
+    interpreter each, safe whatever threads the caller (torch, numba) runs; one numba thread each (its
+    parallel kernels would otherwise start one thread per core in every worker)."""
+    if workers <= 1:
+        yield None
+        return
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=numba.set_num_threads, initargs=(1,)) as pool:
+        yield pool
 
 
 def step_motion(root, t, motion_frames, stats):
@@ -609,18 +617,19 @@ def preprocess(params, skip_bad_cases=False, progress=True, workers=1):
     samples = count_windows(plans, split, data)
     stats = compute_stats(plans, split, params, progress)
     jobs = [(name, case) for name in SPLITS for case in split[name]]
-    for name, case in tqdm(jobs, desc="write", unit="case", disable=not progress):
-        try:
-            _, found = write_case(plans[case], name, os.path.join(out_dir, name), stats, params, workers)
-        except NoCoverage as exc:
-            tqdm.write(f"skipped: {exc}")
-            skipped[case] = str(exc)
-            split[name].remove(case)
-            samples[name] -= len(sample_starts(plans[case]["valid"], data))
-            continue
-        if found.get("negative"):
-            tqdm.write(f"warning: case {case}: {found['negative']} negative rain-rate values (lowest "
-                       f"{found['lowest']:g}) treated as no data")
+    with motion_pool(workers if data["motion"] else 1) as pool:  # one pool for every case
+        for name, case in tqdm(jobs, desc="write", unit="case", disable=not progress):
+            try:
+                _, found = write_case(plans[case], name, os.path.join(out_dir, name), stats, params, pool)
+            except NoCoverage as exc:
+                tqdm.write(f"skipped: {exc}")
+                skipped[case] = str(exc)
+                split[name].remove(case)
+                samples[name] -= len(sample_starts(plans[case]["valid"], data))
+                continue
+            if found.get("negative"):
+                tqdm.write(f"warning: case {case}: {found['negative']} negative rain-rate values (lowest "
+                           f"{found['lowest']:g}) treated as no data")
     if not split["train"]:
         raise UserError("no training case has target data (every one has no radar coverage)")
     removed = remove_stale(out_dir, split)
