@@ -95,6 +95,8 @@ CELL_KEYS = dict(  # the ConvLSTM cell options every ConvLSTM model shares
 LAGRANGIAN_DOC = ("forecast in Lagrangian coordinates (L-CNN): inputs moved to the last input time along the "
                   "stored motion, the network predicts growth and decay, the result is advected to each lead; "
                   "needs data.motion")
+SMOOTHING_DOC = ("with lagrangian: smooth each lead's forecast with a Gaussian whose width is learned (starts at "
+                 "none), removing the scales that are no longer predictable at that lead (model.LeadSmoothing)")
 
 SCHEMA = Section(
     task=Key(str, "nowcast", "what training.py trains on", choices=("nowcast", "sea_ice")),
@@ -195,6 +197,7 @@ SCHEMA = Section(
                          "initialisation, or bilinear x2 + 3x3 convolution",
                          choices=("transposed", "transposed_icnr", "bilinear")),
             lagrangian=Key(bool, False, LAGRANGIAN_DOC),
+            smoothing=Key(bool, False, SMOOTHING_DOC),
         ),
         encoder_forecaster=Section(
             "encoder-forecaster of Shi et al. (2015)",
@@ -202,6 +205,7 @@ SCHEMA = Section(
                                 minimum=1),
             **CELL_KEYS,
             lagrangian=Key(bool, False, LAGRANGIAN_DOC),
+            smoothing=Key(bool, False, SMOOTHING_DOC),
         ),
         smaat_unet=Section(
             "SmaAt-UNet of Trebing et al. (2021), input frames stacked as channels (seed 004's baseline)",

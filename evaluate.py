@@ -392,6 +392,9 @@ def main(argv=None):
     check_flags(args, params)
     device = pick_device(params["training"]["device"])
     model, stats = load_model(args.checkpoint, params, device)
+    if getattr(model, "smoothing", None) is not None:
+        widths = model.smoothing.variance().detach().sqrt().tolist()
+        print("model: learned smoothing width (Gaussian sigma, pixels) per lead: " + " ".join(f"{w:.2f}" for w in widths))
     forecaster = Forecaster(model, stats, params, device, os.path.basename(args.checkpoint))
     if args.predict:
         output, png = predict(forecaster, params, args.predict, args.output, args.t0)

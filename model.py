@@ -36,7 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lagrangian import sample, trajectories
+from lagrangian import gaussian_kernels, sample, smooth, trajectories
 from config import UserError  # only for get_model/build_model: errors in params.json values
 from normalization import denormalize, normalize_tensor, target_channel
 
@@ -815,6 +815,40 @@ class SparKUNet(nn.Module):
         y = self._decode(self._densify(stacked, visible.any(dim=1, keepdim=True)))
         return y.reshape(B, T, C, H, W)
 # --------------------------------------------------------------------------- Lagrangian forecasts
+class LeadSmoothing(nn.Module):
+    """A Gaussian smoothing of each lead's forecast whose width is learned: it removes the scales
+    that are no longer predictable at that lead time, whose variance is what MSE punishes (the
+    predictability of precipitation falls with its scale: Germann and Zawadzki 2002, Mon. Wea. Rev.
+    130; S-PROG, Seed 2003, J. Appl. Meteor. 42, filters them out of the extrapolation).
+
+    variance (pixels^2) of lead i = RATE x lead_i^2 x |w_i|, w a parameter per lead that starts at 0:
+    the identity, so a Lagrangian model still starts as the extrapolation. |w| is taken with the
+    derivative +1 at 0 (torch.where), so the width can grow from 0, and a step that pushes w below 0
+    is undone by the next ones (with max(w, 0) such a lead would stay unsmoothed for good). The
+    pace grows with lead^2, so all widths grow in proportion to the lead, as the advection's position
+    error does: an optimiser step of size lr moves the variance by about RATE x lr x lead^2 (0.05
+    pixels^2 at lead 1, 7.2 at lead 12 at lr 1e-4). Widths are capped at MAX_SIGMA pixels. The
+    kernels are discrete Gaussians (lagrangian.gaussian_kernels), so the rain mass is kept away from
+    the frame's edges. Chosen on the validation split: bench/RESULTS.md, run 5.
+
+    forward(rain) -> smoothed: (B, T_out, H, W) mm/h -> (B, T_out, H, W) mm/h.
+    """
+    RATE, MAX_SIGMA = 500.0, 16
+
+    def __init__(self, leads):
+        super().__init__()
+        self.register_buffer("leads", torch.tensor(leads, dtype=torch.float32), persistent=False)
+        self.weight = nn.Parameter(torch.zeros(len(leads)))
+
+    def variance(self):
+        """(T_out,) pixels^2."""
+        size = torch.where(self.weight >= 0, self.weight, -self.weight)
+        return (self.RATE * self.leads.to(self.weight.dtype) ** 2 * size).clamp(max=self.MAX_SIGMA ** 2)
+
+    def forward(self, rain):
+        return smooth(rain, gaussian_kernels(self.variance(), 4 * self.MAX_SIGMA))
+
+
 class Lagrangian(nn.Module):
     """An Eulerian network run in Lagrangian coordinates: it forecasts growth and decay only, the
     motion comes from optical flow (L-CNN, Ritvanen et al. 2023, IEEE JSTARS 16, "Advection-free
@@ -826,11 +860,13 @@ class Lagrangian(nn.Module):
        0 where a trajectory comes from outside the frame).
     2. `network` (B, T_in, C, H, W) -> (B, T_out, 1, H, W) reads them and predicts, per lead, the
        change of the normalised target in that frame: z = last input frame + change.
-    3. z is turned into physical units (mm/h), advected `lead` steps along the same motion (0 mm/h
-       where the trajectory leaves the frame) and normalised again.
-    With a network that outputs 0 the forecast is the optical-flow extrapolation of
-    baselines.extrapolation (tests/test_model.py); the network's 1x1 head starts at zero, so
-    training starts from that baseline and learns growth, decay and smoothing.
+    3. z is turned into physical units (mm/h), smoothed with a learned width per lead when
+       `smoothing` (LeadSmoothing), advected `lead` steps along the same motion (0 mm/h where the
+       trajectory leaves the frame) and normalised again.
+    With a network that outputs 0 (and no smoothing yet) the forecast is the optical-flow
+    extrapolation of baselines.extrapolation (tests/test_model.py); the network's 1x1 head and the
+    smoothing widths start at zero, so training starts from that baseline and learns growth, decay
+    and smoothing.
 
     target: {"channel": index of the target among the input channels, "min", "max", "transform"}
     (stats.json); leads: the lead time of each output frame, steps after t0.
@@ -838,12 +874,13 @@ class Lagrangian(nn.Module):
     at t0 ([0] along x, [1] along y) -> y (B, T_out, 1, H, W) normalised.
     """
 
-    def __init__(self, network, leads, target):
+    def __init__(self, network, leads, target, smoothing=False):
         super().__init__()
         if len(leads) != network.output_steps:
             raise ValueError(f"Lagrangian: {len(leads)} lead times for {network.output_steps} output frames")
         self.network, self.leads, self.target = network, list(leads), dict(target)
         self.in_channels, self.output_steps = network.in_channels, network.output_steps
+        self.smoothing = LeadSmoothing(self.leads) if smoothing else None
         head = getattr(network, "head", None)
         if isinstance(head, nn.Conv2d):  # start as the extrapolation: no change at any lead
             nn.init.zeros_(head.weight)
@@ -860,6 +897,8 @@ class Lagrangian(nn.Module):
         c, t = self.target["channel"], self.target
         frame = x[:, -1:, c:c + 1] + change                                        # normalised, frame of t0
         rain = denormalize(frame, t["min"], t["max"], t["transform"])              # mm/h
+        if self.smoothing is not None:
+            rain = self.smoothing(rain[:, :, 0])[:, :, None]
         ahead = [sample(rain[:, i], steps[lead - 1]) for i, lead in enumerate(self.leads)]
         return normalize_tensor(torch.stack(ahead, dim=1), t["min"], t["max"], t["transform"])
 
@@ -874,13 +913,13 @@ MODELS = {
 SUPPLIED = ("in_channels", "output_steps", "input_steps")  # given by the caller, not by params.json
 
 
-def get_model(name, lagrangian=False, leads=None, target=None, **cfg):
+def get_model(name, lagrangian=False, smoothing=False, leads=None, target=None, **cfg):
     """Build the model registered as `name` from its options.
 
     cfg: the keys of params.json model.<name> (e.g. base_channels, depth, kernel_size, peephole,
     peephole_size) plus in_channels and output_steps, supplied by the caller, and input_steps for
     the models that stack the input frames as channels (smaat_unet, spark_unet). lagrangian=True
-    wraps it in `Lagrangian` (leads and target as there).
+    wraps it in `Lagrangian` (leads, target and smoothing as there).
     Raises UserError for an unknown name or option (naming it and what is valid), ValueError for a
     bad value.
     """
@@ -889,12 +928,16 @@ def get_model(name, lagrangian=False, leads=None, target=None, **cfg):
     accepted = list(inspect.signature(MODELS[name].__init__).parameters)[1:]
     unknown = [key for key in cfg if key not in accepted]
     if unknown:
-        raise UserError(f"model.{name}: unknown option {unknown[0]!r}; expected {', '.join(accepted + ['lagrangian'])}")
+        options = ", ".join(accepted + ["lagrangian", "smoothing"])
+        raise UserError(f"model.{name}: unknown option {unknown[0]!r}; expected {options}")
     missing = [key for key in SUPPLIED if key in accepted and key not in cfg]
     if missing:
         raise UserError(f"get_model({name!r}): {missing[0]} must be given")
+    if smoothing and not lagrangian:
+        raise UserError(f"model.{name}.smoothing: smooths the forecast before it is advected, so it needs "
+                        f"model.{name}.lagrangian=true")
     network = MODELS[name](**cfg)
-    return Lagrangian(network, leads, target) if lagrangian else network
+    return Lagrangian(network, leads, target, smoothing) if lagrangian else network
 
 
 def build_model(params, in_channels, stats=None):

@@ -29,8 +29,8 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | head
 $PY -c "import torch, zarr, numba, numpy, config, model, training, pretrain, dataset, preproc, evaluate
 print('torch', torch.__version__, 'numba', numba.__version__, 'numpy', numpy.__version__, 'cuda', torch.cuda.is_available())" || exit 4
 
-# ---- issue 11: events -> stores with motion (every core), then run 3's recipe (A) and a batch-32 variant (B)
-RECIPE="model.convlstm_unet.lagrangian=true model.convlstm_unet.upsample=bilinear training.loss.name=weighted_mse
+# ---- issue 11: events -> stores with motion (every core), then run 5's recipe (A) and a batch-32 variant (B)
+RECIPE="model.convlstm_unet.lagrangian=true model.convlstm_unet.upsample=bilinear model.convlstm_unet.smoothing=true training.loss.name=weighted_mse
  training.select_on=csi training.early_stop_patience=4 training.amp=false training.val_steps=$(n 20)"
 for RUN in "cuda_a training.lr=0.0001 training.epochs=$(n 30)" \
            "cuda_b training.lr=0.0003 training.batch_size=32 training.epochs=$(n 12)"; do

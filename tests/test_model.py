@@ -414,13 +414,14 @@ def lagrangian_case(seed=0, shape=(36, 44), n_inputs=4):
     return frames, target
 
 
-def test_lagrangian_model_with_no_change_is_optical_flow_extrapolation():
+@pytest.mark.parametrize("smoothing", [False, True])
+def test_lagrangian_model_with_no_change_is_optical_flow_extrapolation(smoothing):
     import baselines
     from normalization import denormalize, normalize
     frames, target = lagrangian_case()
     leads = [1, 2, 3, 6]
     net = model.get_model("convlstm_unet", in_channels=1, output_steps=4, base_channels=4, depth=2,
-                          lagrangian=True, leads=leads, target=target).double()
+                          lagrangian=True, smoothing=smoothing, leads=leads, target=target).double()
     assert not net.network.head.weight.any() and not net.network.head.bias.any()  # "no change" at start
     x = normalize(frames, 0.0, 3.2, "log1p")
     physical = denormalize(x, 0.0, 3.2, "log1p")  # what persistence/extrapolation see
@@ -430,6 +431,47 @@ def test_lagrangian_model_with_no_change_is_optical_flow_extrapolation():
     forecast = denormalize(y[0, :, 0].numpy(), 0.0, 3.2, "log1p")
     expected = baselines.extrapolation(physical, leads, fill_value=0.0)
     np.testing.assert_allclose(forecast, expected, rtol=1e-9, atol=1e-9)
+
+
+def test_lagrangian_smoothing_smooths_the_last_frame_before_it_is_advected():
+    """Zero change and learned widths: each lead is the last frame filtered with the discrete
+    Gaussian of its variance (scipy), then advected by baselines.advect."""
+    import baselines
+    from scipy.ndimage import correlate1d
+    from scipy.special import ive
+    from normalization import denormalize, normalize
+    frames, target = lagrangian_case()
+    leads = [1, 2, 3, 6]
+    net = model.get_model("convlstm_unet", in_channels=1, output_steps=4, base_channels=4, depth=2,
+                          lagrangian=True, smoothing=True, leads=leads, target=target).double()
+    with torch.no_grad():
+        net.smoothing.weight.copy_(torch.tensor([0.0, 0.25, -0.5, 100.0]) / model.LeadSmoothing.RATE)
+    rate = model.LeadSmoothing.RATE
+    variance = [0.0, 4 * 0.25, 9 * 0.5, 16 ** 2]  # RATE x lead^2 x |w|, at most MAX_SIGMA^2
+    np.testing.assert_allclose(net.smoothing.variance().detach().numpy(), variance)
+    x = normalize(frames, 0.0, 3.2, "log1p")
+    physical = denormalize(x, 0.0, 3.2, "log1p")
+    motion = baselines.motion_field(physical[-3:])
+    with torch.no_grad():
+        y = net(torch.from_numpy(x)[None, :, None], torch.from_numpy(motion)[None])
+    forecast = denormalize(y[0, :, 0].numpy(), 0.0, 3.2, "log1p")
+    radius = 4 * model.LeadSmoothing.MAX_SIGMA
+    for i, (lead, v) in enumerate(zip(leads, variance)):
+        kernel = ive(np.abs(np.arange(-radius, radius + 1)), v)
+        smoothed = correlate1d(correlate1d(physical[-1], kernel / kernel.sum(), axis=0, mode="nearest"),
+                               kernel / kernel.sum(), axis=1, mode="nearest")
+        expected = baselines.advect(smoothed, motion, [lead], fill_value=0.0)[0]
+        np.testing.assert_allclose(forecast[i], expected, rtol=1e-7, atol=1e-9)
+    assert np.abs(forecast[2] - baselines.extrapolation(physical, [3], fill_value=0.0)[0]).max() > 0.1
+    with torch.no_grad():  # the width grows from 0 and comes back from below it
+        net.smoothing.weight.copy_(torch.tensor([0.0, -1e-3, 0.0, 0.0]))
+    net.smoothing.variance().sum().backward()
+    np.testing.assert_allclose(net.smoothing.weight.grad.numpy(), [rate * 1, -rate * 4, rate * 9, rate * 36])
+
+
+def test_smoothing_needs_the_lagrangian_model():
+    with pytest.raises(config.UserError, match="smoothing.*needs model.convlstm_unet.lagrangian=true"):
+        model.get_model("convlstm_unet", in_channels=1, output_steps=2, smoothing=True)
 
 
 def test_lagrangian_inputs_are_moved_to_the_last_input_time():

@@ -231,17 +231,20 @@ def test_sea_ice_task_trains_and_tests(tmp_path):
     assert not mask[0, 0, 0, 10:13, 8:11].any() and mask[0, 0, 0, 3:].sum() == (24 - 3) * 20 - 9
 
 
-def test_lagrangian_model_trains_evaluates_and_masks_inflow(processed, tmp_path):
+def test_lagrangian_model_trains_evaluates_and_masks_inflow(processed, tmp_path, capsys):
     import evaluate
     params = json.loads(open(write_tiny_params(tmp_path, processed, epochs=1)).read())
-    params["model"]["convlstm_unet"]["lagrangian"] = True
+    params["model"]["convlstm_unet"].update(lagrangian=True, smoothing=True)
     cfg = tmp_path / "params.json"
     cfg.write_text(json.dumps(params))
     assert training.main(["--config", str(cfg)]) == 0
     state = read_state(tmp_path / "ckpt" / "best.pt")
     assert any(k.startswith("network.") for k in state["model"])  # the wrapped U-Net
+    assert state["model"]["smoothing.weight"].abs().min() > 0  # every lead's width moved off "none"
     assert evaluate.main(["--config", str(cfg), "--checkpoint", str(tmp_path / "ckpt" / "best.pt"),
                           "--methods", "model,extrapolation"]) == 0
+    widths = capsys.readouterr().out.split("per lead: ")[1].split("\n")[0].split()
+    assert len(widths) == params["data"]["output_steps"] and min(map(float, widths)) > 0
     # the loss ignores pixels whose trajectory starts outside the crop: a uniform flow of +3 px/step
     # along x leaves 3 * lead columns at the left edge without a source
     task = training.NowcastTask(config.load_params(str(cfg)))
