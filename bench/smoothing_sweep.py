@@ -63,8 +63,16 @@ def main(argv=None):
                         help="Gaussian widths in pixels, comma-separated (default: 0,0.5,1,1.5,2,3,4,5,6,8,10)")
     args = parser.parse_args(argv)
     params = config.load_params(args.config)
-    sigmas = [float(s) for s in args.sigmas.split(",")]
-    with open(os.path.join(params["paths"]["processed_data"], "stats.json")) as fh:
+    try:
+        sigmas = [float(s) for s in args.sigmas.split(",")]
+    except ValueError:
+        raise config.UserError(f"--sigmas {args.sigmas}: expected comma-separated widths in pixels, e.g. 0,1,2") from None
+    if not sigmas or min(sigmas) < 0:
+        raise config.UserError(f"--sigmas {args.sigmas}: widths must be >= 0")
+    stats_path = os.path.join(params["paths"]["processed_data"], "stats.json")
+    if not os.path.isfile(stats_path):
+        raise config.UserError(f"{stats_path}: not found (run bench/real_data.py first; it writes the stores)")
+    with open(stats_path) as fh:
         stats = json.load(fh)
     c = sweep(params, stats, args.split, sigmas)
     csi = c["hits"] / (c["hits"] + c["misses"] + c["false_alarms"])
