@@ -23,17 +23,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import baselines  # noqa: E402
 import config  # noqa: E402
+import metrics  # noqa: E402
 from dataset import open_store, window_starts  # noqa: E402
 from normalization import denormalize_target, target_input_frames, window_steps  # noqa: E402
 
 
 def sweep(params, stats, split, sigmas, threshold=1.0):
-    """Contingency counts and squared errors per (sigma, lead), summed over every window of the split."""
+    """Per width: (ContingencyAccumulator at `threshold`, ContinuousAccumulator) per lead, over every
+    window of the split (the scores of evaluate.py, metrics.py)."""
     data = params["data"]
     folder = os.path.join(params["paths"]["processed_data"], split)
-    n_leads = data["output_steps"]
-    leads = [data["lead_steps"] + k for k in range(n_leads)]
-    counts = {key: np.zeros((len(sigmas), n_leads)) for key in ("hits", "misses", "false_alarms", "se", "n")}
+    leads = [data["lead_steps"] + k for k in range(data["output_steps"])]
+    acc = [(metrics.ContingencyAccumulator([threshold], lead_axis=0), metrics.ContinuousAccumulator(lead_axis=0))
+           for _ in sigmas]
     for name in [n for n in config.list_folder(folder, "split folder") if n.endswith(".zarr")]:
         root = open_store(os.path.join(folder, name))
         for start in tqdm(window_starts(root, data, stats), desc=name, unit="window"):
@@ -41,17 +43,12 @@ def sweep(params, stats, split, sigmas, threshold=1.0):
             frames = target_input_frames(root["inputs"][inputs], stats)
             forecast = baselines.extrapolation(frames, leads, motion_frames=data["motion_frames"], fill_value=0.0)
             observed = denormalize_target(root["target"][targets], stats)                 # (T_out, H, W) mm/h
-            covered = root["coverage"][targets].astype(bool) & np.isfinite(observed)
-            for k in range(n_leads):
-                obs = observed[k][covered[k]]
-                for j, sigma in enumerate(sigmas):
-                    fc = (gaussian_filter(forecast[k], sigma) if sigma else forecast[k])[covered[k]]
-                    counts["hits"][j, k] += np.sum((fc >= threshold) & (obs >= threshold))
-                    counts["misses"][j, k] += np.sum((fc < threshold) & (obs >= threshold))
-                    counts["false_alarms"][j, k] += np.sum((fc >= threshold) & (obs < threshold))
-                    counts["se"][j, k] += np.sum((fc - obs) ** 2)
-                    counts["n"][j, k] += obs.size
-    return counts
+            covered = root["coverage"][targets].astype(bool)
+            for sigma, accumulators in zip(sigmas, acc):
+                smoothed = np.stack([gaussian_filter(f, sigma) for f in forecast]) if sigma else forecast
+                for accumulator in accumulators:
+                    accumulator.update(smoothed, observed, covered)
+    return acc
 
 
 def main(argv=None):
@@ -74,9 +71,9 @@ def main(argv=None):
         raise config.UserError(f"{stats_path}: not found (run bench/real_data.py first; it writes the stores)")
     with open(stats_path) as fh:
         stats = json.load(fh)
-    c = sweep(params, stats, args.split, sigmas)
-    csi = c["hits"] / (c["hits"] + c["misses"] + c["false_alarms"])
-    mse = c["se"] / c["n"]
+    acc = sweep(params, stats, args.split, sigmas)
+    csi = np.array([categorical.scores()["csi"][0] for categorical, _ in acc])    # (sigma, lead)
+    mse = np.array([continuous.scores()["mse"] for _, continuous in acc])
     minutes = [(params["data"]["lead_steps"] + k) * params["data"]["time_step_minutes"] for k in range(csi.shape[1])]
     print(f"{args.split} split: CSI at 1 mm/h per lead (min) and smoothing sigma (pixels)")
     print("  sigma " + "".join(f"{m:7d}" for m in minutes) + "    mean")
