@@ -351,6 +351,10 @@ SCHEMA = Section(
         wp_ep=Key(int, 1, "linear warm-up epochs, then cosine decay to 0 (seed: 40)", "epochs", minimum=0),
         base_lr=Key(NUM, 2e-4, "AdamW peak learning rate = base_lr x bs / 256", minimum=0),
         weight_decay=Key(NUM, 0.05, "AdamW weight decay", minimum=0),
+        norm_eps=Key(NUM, 4e-4, "variance added in the per-patch normalisation of the targets, (x - mean) / "
+                     "sqrt(var + norm_eps), in normalised units squared; 4e-4 = 0.02^2, about a 0.1 mm/h rain "
+                     "variation after log1p and a 90 mm/h maximum: patches of trace rain stay near 0 instead of "
+                     "becoming unit-variance noise (SparK: 1e-6, for photographs)", minimum=1e-12),
         steps_per_epoch=Key(int, 100, "training steps per epoch", minimum=1),
         val_steps=Key(int, 10, "held-out batches (val split, fixed masks) scored per epoch", minimum=1),
         exp_name=Key(str, "spark_pretrain", "run name: checkpoints in <paths.checkpoints>/<exp_name>/, log and "

@@ -106,9 +106,10 @@ def pretrain(cfg, out, mode, args, py):
     name = f"pre_{mode}"
     best = os.path.join(out, "checkpoints", name, "best.pt")
     if args.fresh or not os.path.isfile(best):
+        # two probe epochs: the first carries the start-up (loader workers, first chunks), the second the step
         run([py, "pretrain.py", "--config", cfg, "--mask_mode", mode, "--exp_name", f"probe_{mode}",
-             "--ep", "1", "--steps_per_epoch", "4", "--wp_ep", "0", "--val_steps", "1"])
-        per_step = float(read_log(os.path.join(out, f"probe_{mode}", "pretrain_log.csv"))[0]["cpu_seconds"]) / 4
+             "--ep", "2", "--steps_per_epoch", "16", "--wp_ep", "0", "--val_steps", "1"])
+        per_step = float(read_log(os.path.join(out, f"probe_{mode}", "pretrain_log.csv"))[1]["cpu_seconds"]) / 16
         steps = max(10, int(0.85 * args.pretrain_cpu_minutes * 60 / per_step))  # 15 %: validation, start, panels
         per_epoch = max(5, steps // 10)
         cpu = run([py, "pretrain.py", "--config", cfg, "--mask_mode", mode, "--exp_name", name,
@@ -120,7 +121,8 @@ def pretrain(cfg, out, mode, args, py):
         cpu = json.load(fh)["cpu_seconds"]
     best_row = min(log, key=lambda r: float(r["val_loss"]))
     return {"checkpoint": best, "cpu_minutes": cpu / 60, "epochs": len(log), "held_out": float(best_row["val_loss"]),
-            "constant_level": float(best_row["val_constant_level"]), "first": float(log[0]["val_loss"]),
+            "constant_level": float(best_row["val_constant_level"]),
+            "interpolation_level": float(best_row["val_interpolation_level"]), "first": float(log[0]["val_loss"]),
             "samples_per_s": float(np.median([float(r["samples_per_s"]) for r in log])),
             "panels": os.path.join(out, name, "reconstruction.png")}
 
@@ -247,7 +249,8 @@ def main(argv=None):
     for mode, p in pretrained.items():
         print(f"pretraining {mode}: {p['epochs']} epochs, {p['cpu_minutes']:.1f} CPU min, {p['samples_per_s']:.2f} "
               f"samples/s; held-out masked loss {p['first']:.3f} after epoch 1 -> {p['held_out']:.3f} (constant "
-              f"level {p['constant_level']:.3f}); panels {p['panels']}")
+              f"level {p['constant_level']:.3f}, temporal interpolation {p['interpolation_level']:.3f}); "
+              f"panels {p['panels']}")
     print(f"pretrain_compare: {(time.time() - started) / 60:.0f} wall min -> {out}/table.csv, {out}/table.md")
 
 

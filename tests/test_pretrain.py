@@ -3,6 +3,7 @@ masks, the per-patch normalised loss against a loop written out by hand, the spa
 encoder, the learning-rate schedule, resume bit for bit, weight loading and freezing."""
 import argparse
 import csv
+import itertools
 import json
 import os
 import subprocess
@@ -45,23 +46,26 @@ def test_masks_are_identical_under_a_fixed_seed_and_differ_otherwise():
 
 
 # --------------------------------------------------------------------------- loss
-def loss_by_hand(rec, target, visible, patch):
+EPS = 1e-6  # SparK's variance offset, in the unit tests of the loss
+
+
+def masked_cuts(visible, patch):
+    """(b, t, i, j, rows, cols) of every masked (sample, frame, patch), one at a time."""
+    B, T, h, w = visible.shape
+    for b, t, i, j in itertools.product(range(B), range(T), range(h), range(w)):
+        if not visible[b, t, i, j]:
+            yield b, t, i, j, slice(i * patch, (i + 1) * patch), slice(j * patch, (j + 1) * patch)
+
+
+def loss_by_hand(rec, target, visible, patch, eps):
     """The loss written out patch by patch: normalise the target patch, mean squared error, masked mean."""
-    B, T, C, H, W = target.shape
-    total, count = 0.0, 0
-    for b in range(B):
-        for t in range(T):
-            for i in range(H // patch):
-                for j in range(W // patch):
-                    if visible[b, t, i, j]:
-                        continue
-                    cut = (b, t, slice(None), slice(i * patch, (i + 1) * patch), slice(j * patch, (j + 1) * patch))
-                    x = target[cut].double().numpy()                      # (C, patch, patch)
-                    mean, var = x.mean(axis=(1, 2), keepdims=True), x.var(axis=(1, 2), keepdims=True)
-                    normalised = (x - mean) / np.sqrt(var + 1e-6)         # per channel
-                    total += np.mean((rec[cut].double().numpy() - normalised) ** 2)
-                    count += 1
-    return total / count
+    errors = []
+    for b, t, _, _, rows, cols in masked_cuts(visible, patch):
+        x = target[b, t, :, rows, cols].double().numpy()                  # (C, patch, patch)
+        mean, var = x.mean(axis=(1, 2), keepdims=True), x.var(axis=(1, 2), keepdims=True)
+        normalised = (x - mean) / np.sqrt(var + eps)                      # per channel
+        errors.append(np.mean((rec[b, t, :, rows, cols].double().numpy() - normalised) ** 2))
+    return np.mean(errors)
 
 
 def test_loss_equals_the_patch_by_patch_definition():
@@ -71,8 +75,8 @@ def test_loss_equals_the_patch_by_patch_definition():
     target[1, 2, 1] *= 1000                                    # channel 1 of one frame on another scale
     visible = pretrain.random_visible(2, 3, (2, 3), 0.5, "spatiotemporal", g)
     visible[0, 0, 0, 0] = False
-    got = pretrain.masked_patch_loss(rec, target, visible, patch=4).item()
-    assert got == pytest.approx(loss_by_hand(rec, target, visible, 4), rel=1e-5)
+    got = pretrain.masked_patch_loss(rec, target, visible, EPS, patch=4).item()
+    assert got == pytest.approx(loss_by_hand(rec, target, visible, 4, EPS), rel=1e-5)
 
 
 def test_loss_ignores_visible_patches():
@@ -80,22 +84,68 @@ def test_loss_ignores_visible_patches():
     target, rec = torch.rand(2, 2, 1, 8, 8, generator=g), torch.randn(2, 2, 1, 8, 8, generator=g)
     visible = pretrain.random_visible(2, 2, (2, 2), 0.5, "spatial", g)
     pixels = visible.repeat_interleave(4, -2).repeat_interleave(4, -1)[:, :, None]
-    before = pretrain.masked_patch_loss(rec, target, visible, patch=4)
+    before = pretrain.masked_patch_loss(rec, target, visible, EPS, patch=4)
     noise = torch.randn(rec.shape, generator=g) * 100
     after = pretrain.masked_patch_loss(torch.where(pixels, rec + noise, rec), torch.where(pixels, target + noise, target),
-                                       visible, patch=4)
+                                       visible, EPS, patch=4)
     assert after.item() == before.item()
-    changed = pretrain.masked_patch_loss(torch.where(pixels, rec, rec + 1), target, visible, patch=4)
+    changed = pretrain.masked_patch_loss(torch.where(pixels, rec, rec + 1), target, visible, EPS, patch=4)
     assert changed.item() != before.item()
-    assert pretrain.masked_patch_loss(rec, target, torch.ones_like(visible), patch=4).item() == 0.0
+    assert pretrain.masked_patch_loss(rec, target, torch.ones_like(visible), EPS, patch=4).item() == 0.0
 
 
 def test_predicting_the_patch_mean_scores_the_share_of_non_constant_patches():
     target = torch.zeros(1, 1, 1, 8, 8)
     target[..., :4, 4:] = torch.arange(16.0).reshape(4, 4)      # one structured patch, three dry ones
     visible = torch.zeros(1, 1, 2, 2, dtype=torch.bool)
-    level = pretrain.masked_patch_loss(torch.zeros_like(target), target, visible, patch=4).item()
+    level = pretrain.masked_patch_loss(torch.zeros_like(target), target, visible, EPS, patch=4).item()
     assert level == pytest.approx(1 / 4, rel=1e-6)              # var / (var + 1e-6) on 1 of 4 patches
+
+
+def test_norm_eps_keeps_trace_rain_patches_near_zero():
+    target = torch.zeros(1, 1, 1, 8, 8)
+    target[..., 0, 0] = 0.02                                    # one pixel of trace rain in patch (0, 0)
+    target[..., 4:, 4:] = torch.arange(16.0).reshape(4, 4) / 10  # a rainy patch: var 0.2125
+    visible = torch.zeros(1, 1, 2, 2, dtype=torch.bool)
+    var_trace = 0.02 ** 2 * (1 / 16) * (15 / 16)                # one value of 16 differs: p (1 - p) a^2
+    var_rain = np.var(np.arange(16.0) / 10)
+    for eps in (1e-6, 4e-4):
+        level = pretrain.masked_patch_loss(torch.zeros_like(target), target, visible, eps, patch=4).item()
+        expected = (var_trace / (var_trace + eps) + var_rain / (var_rain + eps)) / 4
+        assert level == pytest.approx(expected, rel=1e-5)
+    assert var_trace / (var_trace + 1e-6) > 0.95                # SparK's eps: the trace pixel is a full target
+    assert var_trace / (var_trace + 4e-4) < 0.1                 # the default: it is nearly ignored
+
+
+def interpolation_by_hand(x, visible, patch):
+    """temporal_interpolation written out: per masked (sample, frame, patch), scan for the nearest
+    visible frame before and after."""
+    out, T = x.clone(), x.shape[1]
+    for b, t, i, j, rows, cols in masked_cuts(visible, patch):
+        near = [next((x[b, u, :, rows, cols] for u in seq if visible[b, u, i, j]), None)
+                for seq in (range(t - 1, -1, -1), range(t + 1, T))]
+        near = [v for v in near if v is not None]
+        out[b, t, :, rows, cols] = sum(near) / len(near) if near else 0.0
+    return out
+
+
+def test_temporal_interpolation_against_a_scan_by_hand():
+    g = torch.Generator().manual_seed(9)
+    x = torch.rand(3, 5, 2, 8, 12, generator=g)
+    visible = pretrain.random_visible(3, 5, (2, 3), 0.5, "spatiotemporal", g)
+    visible[0, :, 0, 0] = False                                 # masked in every frame: 0
+    visible[1, :, 1, 2] = torch.tensor([False, True, False, False, True])
+    got = pretrain.temporal_interpolation(x, visible, patch=4)
+    torch.testing.assert_close(got, interpolation_by_hand(x, visible, 4))
+    assert (got[0, :, :, :4, :4] == 0).all()
+    torch.testing.assert_close(got[1, 2, :, 4:, 8:], (x[1, 1, :, 4:, 8:] + x[1, 4, :, 4:, 8:]) / 2)
+    torch.testing.assert_close(got[1, 0, :, 4:, 8:], x[1, 1, :, 4:, 8:])    # nothing before: the one after
+    spatial = pretrain.random_visible(3, 5, (2, 3), 0.5, "spatial", g)     # spatial mask: the constant level
+    ref = pretrain.temporal_interpolation(x, spatial, patch=4)
+    assert pretrain.reference_loss(ref, x, spatial, EPS, patch=4).item() == pytest.approx(
+        pretrain.masked_patch_loss(torch.zeros_like(x), x, spatial, EPS, patch=4).item())
+    # a reference equal to the target scores 0: reference_loss normalises it as the targets are
+    assert pretrain.reference_loss(x, x, visible, EPS, patch=4).item() == pytest.approx(0, abs=1e-9)
 
 
 def test_patchify_round_trip_and_layout():
@@ -166,7 +216,7 @@ def test_reconstruct_fills_masked_positions_with_the_mask_tokens():
     visible = pretrain.random_visible(2, 2, (2, 2), 0.5, generator=torch.Generator().manual_seed(2))
     rec = net.reconstruct(x, visible)
     assert rec.shape == x.shape
-    pretrain.masked_patch_loss(rec, x, visible).backward()
+    pretrain.masked_patch_loss(rec, x, visible, EPS).backward()
     assert all(t.grad is not None and t.grad.abs().sum() > 0 for t in net.mask_tokens)
     assert all(p.grad is not None for n, p in net.named_parameters() if not n.startswith("transition"))
     with pytest.raises(ValueError, match="multiples of 32"):
