@@ -27,7 +27,7 @@ radar frames stacked as channels (Li, Siebes and Mehrkanoon 2024, arXiv:2412.159
   radar and NWP fields have unrelated scales). norm_eps (pretraining.norm_eps, default 4e-4 =
   0.02^2 in normalised units) is larger than SparK's 1e-6: with 1e-6 a patch with a few pixels of
   trace rain (0.1 mm/h is 0.02 after log1p and a 90 mm/h maximum) becomes a unit-variance target
-  of pure noise; on the real radar events such patches made 60 % of the held-out loss (RESULTS.md).
+  of pure noise; on the real radar events such patches made 59 % of the held-out loss (RESULTS.md).
   Predicting any constant per patch and channel scores the "constant level" = the mean over masked
   patch-channels of var / (var + norm_eps) (0 for a dry patch, near 1 for a rainy one): the log
   reports it beside the held-out loss, as the level to beat (predicting the visible mean, or any
@@ -350,8 +350,8 @@ def run_epochs(model, optimizer, train_loader, val_loader, params, stats, device
                      "samples_per_s": f"{n_samples / seconds:.2f}"})
         write_log(log_path, rows, LOG_COLUMNS)
         print(f"epoch {epoch + 1}/{pre['ep']}: train {train_loss:.4g}  held-out {val_loss:.4g} (constant level "
-              f"{level:.4g}, temporal interpolation {interpolation:.4g})  lr {optimizer.param_groups[0]['lr']:.3g}  {seconds:.1f} s, {cpu_seconds:.1f} CPU s  "
-              f"{n_samples / seconds:.1f} samples/s{'  (best)' if improved else ''}")
+              f"{level:.4g}, temporal interpolation {interpolation:.4g})  lr {optimizer.param_groups[0]['lr']:.3g}  "
+              f"{seconds:.1f} s, {cpu_seconds:.1f} CPU s  {n_samples / seconds:.1f} samples/s{'  (best)' if improved else ''}")
     return epoch
 
 

@@ -18,7 +18,8 @@ Steps (each skipped when its output exists, unless --fresh):
 1. preproc.py of the events (radar rain rate only, no motion fields).
 2. pretrain.py twice, spatial and spatio-temporal masks, on every frame of the training parts
    (held-out loss on the validation parts); the number of steps is set from a short probe so that
-   each pretraining takes about --pretrain_cpu_minutes CPU minutes (cosine schedule to its end).
+   each pretraining takes about --pretrain_cpu_minutes CPU minutes (cosine schedule to its end), or
+   --pretrain_steps steps (reproducible: the probe's timing, and so the steps, vary by about 10 %).
 3. training.py for the learned rows, each within --finetune_cpu_minutes CPU minutes (all threads
    and loader workers, measured by the kernel): epoch 1, then --resume with training.cpu_minutes =
    the budget - 2 x epoch 1's CPU (a run stops after the epoch that passes its budget, and an epoch
@@ -106,11 +107,12 @@ def pretrain(cfg, out, mode, args, py):
     name = f"pre_{mode}"
     best = os.path.join(out, "checkpoints", name, "best.pt")
     if args.fresh or not os.path.isfile(best):
-        # two probe epochs: the first carries the start-up (loader workers, first chunks), the second the step
-        run([py, "pretrain.py", "--config", cfg, "--mask_mode", mode, "--exp_name", f"probe_{mode}",
-             "--ep", "2", "--steps_per_epoch", "16", "--wp_ep", "0", "--val_steps", "1"])
-        per_step = float(read_log(os.path.join(out, f"probe_{mode}", "pretrain_log.csv"))[1]["cpu_seconds"]) / 16
-        steps = max(10, int(0.85 * args.pretrain_cpu_minutes * 60 / per_step))  # 15 %: validation, start, panels
+        steps, per_step = args.pretrain_steps, None
+        if not steps:  # two probe epochs: the first carries the start-up (loader, first chunks), the second a step
+            run([py, "pretrain.py", "--config", cfg, "--mask_mode", mode, "--exp_name", f"probe_{mode}",
+                 "--ep", "2", "--steps_per_epoch", "16", "--wp_ep", "0", "--val_steps", "1"])
+            per_step = float(read_log(os.path.join(out, f"probe_{mode}", "pretrain_log.csv"))[1]["cpu_seconds"]) / 16
+            steps = max(10, int(0.85 * args.pretrain_cpu_minutes * 60 / per_step))  # 15 %: validation, start, panels
         per_epoch = max(5, steps // 10)
         cpu = run([py, "pretrain.py", "--config", cfg, "--mask_mode", mode, "--exp_name", name,
                    "--ep", str(max(1, steps // per_epoch)), "--steps_per_epoch", str(per_epoch), "--wp_ep", "1"])
@@ -220,6 +222,10 @@ def main(argv=None):
                         help="training budget of every learned row, CPU minutes of all threads (default: 15)")
     parser.add_argument("--pretrain_cpu_minutes", type=float, default=20.0,
                         help="budget of each pretraining, CPU minutes (default: 20)")
+    parser.add_argument("--pretrain_steps", type=int, default=0,
+                        help="steps of each pretraining instead of the CPU budget (a probe's timing varies by about "
+                             "10 %%, and so would the steps; run 3 of bench/RESULTS.md: 890 spatial, 980 "
+                             "spatio-temporal; default: 0 = from the budget)")
     parser.add_argument("--pretrain_base_lr", type=float, default=0.032,
                         help="pretrain.py --base_lr (peak lr = base_lr x 8 / 256 = 1e-3 at the default, "
                              "training.lr of the fine-tuning; default: 0.032)")
@@ -230,6 +236,8 @@ def main(argv=None):
     parser.add_argument("--radar", default=RADAR, metavar="DIR",
                         help="folder of the events' .npz files (default: ../shared/data/radar)")
     args = parser.parse_args(argv)
+    if args.pretrain_steps < 0:
+        raise config.UserError(f"--pretrain_steps: expected 0 (from the budget) or a number of steps, got {args.pretrain_steps}")
     if not os.path.isdir(args.radar):
         if args.radar != RADAR:  # a folder the user named
             raise config.UserError(f"--radar {args.radar}: not a folder (expected the events' .npz files)")
