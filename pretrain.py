@@ -145,18 +145,23 @@ def temporal_interpolation(x, visible, patch=STRIDE):
     x: (B, T, C, H, W); visible: (B, T, H / patch, W / patch) bool. Returns (B, T, C, H, W), equal
     to x at visible patches. Its loss (`reference_loss`) is the level that a network which only
     interpolates in time reaches with the spatio-temporal mask."""
-    pixels = visible.repeat_interleave(patch, -2).repeat_interleave(patch, -1)[:, :, None]   # (B, T, 1, H, W)
-    sweeps = []
-    for order in (range(x.shape[1]), range(x.shape[1] - 1, -1, -1)):   # forward: the last seen before
-        value, seen, values, seens = torch.zeros_like(x[:, 0]), torch.zeros_like(pixels[:, 0]), {}, {}
+    pixels, T = patch_pixels(visible, patch), x.shape[1]
+
+    def last_seen(order):  # per frame: the value of the last frame visible before it in `order`, and whether any
+        value, seen, found = torch.zeros_like(x[:, 0]), torch.zeros_like(pixels[:, 0]), [None] * T
         for t in order:
-            values[t], seens[t] = value, seen
+            found[t] = value, seen
             value, seen = torch.where(pixels[:, t], x[:, t], value), seen | pixels[:, t]
-        sweeps.append((torch.stack([values[t] for t in range(x.shape[1])], 1),
-                       torch.stack([seens[t] for t in range(x.shape[1])], 1)))
-    (before, has_before), (after, has_after) = sweeps
+        return torch.stack([v for v, _ in found], 1), torch.stack([s for _, s in found], 1)
+
+    (before, has_before), (after, has_after) = last_seen(range(T)), last_seen(reversed(range(T)))
     nearest = (before * has_before + after * has_after) / (has_before.to(x.dtype) + has_after).clamp(min=1)
     return torch.where(pixels, x, nearest)
+
+
+def patch_pixels(visible, patch):
+    """(B, T, h, w) patch flags -> (B, T, 1, h * patch, w * patch) pixel flags."""
+    return visible.repeat_interleave(patch, -2).repeat_interleave(patch, -1)[:, :, None]
 
 
 def reference_loss(reference, target, visible, eps, patch=STRIDE):
@@ -311,7 +316,7 @@ def reconstruction_panels(model, loader, params, stats, device, out_path, n_samp
     rec = model.reconstruct(x, visible).float()
     _, mean, std = normalised_patches(x, STRIDE, params["pretraining"]["norm_eps"])
     filled = unpatchify(patchify(rec, STRIDE) * std + mean, x.shape, STRIDE)
-    pixels = visible.repeat_interleave(STRIDE, -2).repeat_interleave(STRIDE, -1)[:, :, None]
+    pixels = patch_pixels(visible, STRIDE)
     shown = torch.where(pixels, x, filled)
     inputs, recon = target_input_frames(x[:, -1:], stats), target_input_frames(shown[:, -1:], stats)
     units = "mm/h"
